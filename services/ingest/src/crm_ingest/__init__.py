@@ -1,0 +1,1 @@
+"""crm_ingest: the HTTP front door for touchpoints from every channel."""

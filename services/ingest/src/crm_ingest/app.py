@@ -1,0 +1,43 @@
+"""Ingest's wiring: settings and the HTTP API; ingest is stateless."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from crm_ingest.api import router
+from crm_ingest.settings import IngestSettings
+from crm_shared.contracts import TOUCHPOINT_ADAPTER
+from crm_shared.installed import ServiceDescriptor
+from crm_shared.service import Service
+
+
+def build(settings: IngestSettings | None = None) -> Service:
+    service = Service(
+        settings or IngestSettings(),
+        title="crm ingest",
+        description="The front door for touchpoints from every channel.",
+    )
+    service.app.include_router(router)
+    _add_contract_schema(service.app)
+    return service
+
+
+def _add_contract_schema(app: Any) -> None:
+    """Put the touchpoint contract into the OpenAPI components that `/v1/events` refers to."""
+    original = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            schema = original()
+            contract = TOUCHPOINT_ADAPTER.json_schema(ref_template="#/components/schemas/{model}")
+            components = schema.setdefault("components", {}).setdefault("schemas", {})
+            components.update(contract.pop("$defs", {}))
+            components["TouchpointEvent"] = contract
+            app.openapi_schema = schema
+        result: dict[str, Any] = app.openapi_schema
+        return result
+
+    app.openapi = openapi
+
+
+DESCRIPTOR = ServiceDescriptor("ingest", IngestSettings, None)

@@ -1,0 +1,1 @@
+"""crm_loyalty: points ledger, tiers and value segments."""

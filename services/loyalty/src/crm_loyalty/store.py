@@ -1,0 +1,27 @@
+"""Loyalty's SQL, and nothing else."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+import asyncpg
+
+
+async def count_touchpoint(
+    conn: asyncpg.Connection, profile_id: str, event_id: str, event_time: datetime
+) -> None:
+    await conn.execute(
+        "INSERT INTO accounts (profile_id, touchpoints, last_event_id, last_event_time) "
+        "VALUES ($1, 1, $2, $3) ON CONFLICT (profile_id) DO UPDATE SET "
+        "touchpoints = accounts.touchpoints + 1, "
+        "last_event_id = EXCLUDED.last_event_id, "
+        "last_event_time = GREATEST(accounts.last_event_time, EXCLUDED.last_event_time), "
+        "updated_at = now()",
+        profile_id,
+        event_id,
+        event_time,
+    )
+
+
+async def account(conn: asyncpg.Connection | asyncpg.Pool, profile_id: str) -> asyncpg.Record | None:
+    return await conn.fetchrow("SELECT * FROM accounts WHERE profile_id = $1", profile_id)

@@ -1,0 +1,1 @@
+"""crm_notify: triggers, consent, delivery."""

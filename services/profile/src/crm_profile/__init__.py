@@ -1,0 +1,1 @@
+"""crm_profile: identity resolution and the unified customer profile."""

@@ -1,0 +1,33 @@
+"""Profile's wiring: settings, migrations, the touchpoint consumer and the read API."""
+
+from __future__ import annotations
+
+from crm_profile.api import router
+from crm_profile.handlers import touchpoint_effects
+from crm_profile.settings import ProfileSettings
+from crm_shared.consumer import decode_json_event
+from crm_shared.contracts import TOUCHPOINT_ADAPTER, TOUCHPOINTS
+from crm_shared.database import Migration, load_migrations, plumbing_migrations
+from crm_shared.installed import ServiceDescriptor
+from crm_shared.service import Service
+
+
+def migrations() -> list[Migration]:
+    return plumbing_migrations() + load_migrations("profile", "crm_profile")
+
+
+def build(settings: ProfileSettings | None = None) -> Service:
+    service = Service(
+        settings or ProfileSettings(),
+        title="crm profile",
+        description="Identity resolution and the unified customer profile.",
+        migrations=migrations(),
+    )
+    service.consume(
+        "profile.touchpoints", TOUCHPOINTS, decode_json_event(TOUCHPOINT_ADAPTER), touchpoint_effects
+    )
+    service.app.include_router(router)
+    return service
+
+
+DESCRIPTOR = ServiceDescriptor("profile", ProfileSettings, migrations)

@@ -1,0 +1,1 @@
+"""Profile's pure domain: identity resolution and last-writer-wins state; no I/O."""

@@ -1,0 +1,55 @@
+"""Traits and consents, last writer wins by event time: a late event never overwrites a newer
+fact. Ties (same time) go to the later-applied event, so replays give the same result."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+# Stored shapes (jsonb): traits {name: {"value": v, "time": iso}},
+# consents {"purpose:contact_channel": {"granted": b, "time": iso, "source_event_id": id}}.
+Traits = dict[str, dict[str, Any]]
+Consents = dict[str, dict[str, Any]]
+
+
+@dataclass(frozen=True)
+class ConsentUpdate:
+    purpose: str
+    contact_channel: str
+    granted: bool
+
+
+def _newer(current: Mapping[str, Any] | None, at: datetime) -> bool:
+    return current is None or datetime.fromisoformat(current["time"]) <= at
+
+
+def apply_traits(current: Traits, incoming: Mapping[str, Any], at: datetime) -> tuple[Traits, bool]:
+    """The traits after an event at `at` set `incoming`; and whether anything changed."""
+    result = dict(current)
+    changed = False
+    for name, value in incoming.items():
+        existing = result.get(name)
+        if _newer(existing, at) and (existing is None or existing["value"] != value):
+            result[name] = {"value": value, "time": at.isoformat()}
+            changed = True
+    return result, changed
+
+
+def apply_consents(
+    current: Consents, updates: Iterable[ConsentUpdate], at: datetime, event_id: str
+) -> tuple[Consents, bool]:
+    result = dict(current)
+    changed = False
+    for update in updates:
+        key = f"{update.purpose}:{update.contact_channel}"
+        existing = result.get(key)
+        if _newer(existing, at) and (existing is None or existing["granted"] != update.granted):
+            result[key] = {"granted": update.granted, "time": at.isoformat(), "source_event_id": event_id}
+            changed = True
+    return result, changed
+
+
+def trait_values(traits: Traits) -> dict[str, Any]:
+    return {name: entry["value"] for name, entry in sorted(traits.items())}

@@ -1,0 +1,50 @@
+"""From a stored profile to its public shapes: the snapshot event and the API view."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from crm_profile.domain.state import trait_values
+from crm_profile.store import ProfileRow
+from crm_shared.contracts import ConsentState, Identifier, ProfileSnapshotData, profile_snapshot
+from crm_shared.contracts.derived import ProfileChange, ProfileSnapshot
+
+
+def snapshot_data(row: ProfileRow, change: list[ProfileChange]) -> ProfileSnapshotData:
+    consents: list[ConsentState] = []
+    for key, entry in sorted(row.consents.items()):
+        purpose, contact_channel = key.split(":", 1)
+        consents.append(
+            ConsentState.model_validate(
+                {
+                    "purpose": purpose,
+                    "contact_channel": contact_channel,
+                    "granted": entry["granted"],
+                    "time": datetime.fromisoformat(entry["time"]),
+                    "source_event_id": entry["source_event_id"],
+                },
+                strict=False,
+            )
+        )
+    identifiers: list[Any] = [
+        Identifier.model_validate({"kind": k, "value": v}) for k, v in row.identifiers
+    ]
+    return ProfileSnapshotData(
+        profile_id=row.profile_id,
+        version=row.version,
+        change=change,
+        identifiers=identifiers,
+        traits=trait_values(row.traits),
+        consents=consents,
+        merged_into=row.merged_into,
+        created_at=row.created_at,
+        updated_at=row.updated_at,
+        last_event_id=row.last_event_id,
+    )
+
+
+def snapshot_of(
+    row: ProfileRow, change: list[ProfileChange], *, source: str, at: datetime
+) -> ProfileSnapshot:
+    return profile_snapshot(snapshot_data(row, change), source=source, time=at)

@@ -1,0 +1,1 @@
+"""crm_shared: the contracts and plumbing every service of the customer platform uses."""

@@ -1,0 +1,211 @@
+"""The idempotent consumer every service uses for every topic it reads.
+
+For each record: decode it (undecodable: straight to the dead letters); then, in one database
+transaction, claim its event id in `processed_events` (already there: a duplicate, skipped),
+apply its effects and queue the events they emit in the outbox. Only after that commit does
+FastStream commit the Kafka offset. A record whose effects keep failing goes to
+`crm.deadletter.v1` after bounded tries, with the reason in headers, and the partition moves
+on. When the database or the broker is unreachable the record is not dead-lettered: it is
+rewound and tried again, so an outage never turns good records into dead letters.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, Generic, TypeVar
+
+import asyncpg
+from aiokafka import AIOKafkaProducer, ConsumerRecord
+from aiokafka.errors import KafkaError
+from faststream import AckPolicy
+from faststream.kafka import KafkaBroker
+from faststream.kafka.annotations import KafkaMessage
+from prometheus_client import Counter
+from pydantic import ValidationError
+
+from crm_shared.contracts.topics import DEADLETTER
+from crm_shared.contracts.touchpoints import TOUCHPOINT_ADAPTER
+from crm_shared.errors import summary
+from crm_shared.kafka import OutgoingRecord, publish_all
+from crm_shared.logging import get_logger
+from crm_shared.outbox import OutboxRelay, write_outbox
+from crm_shared.settings import ServiceSettings
+
+log = get_logger(__name__)
+
+E = TypeVar("E")
+
+RECORDS = Counter(
+    "crm_consumer_records_total",
+    "Records handled by a consumer, by outcome",
+    ["service", "consumer", "outcome"],
+)
+
+# Failures of the infrastructure, not of the record: rewind and retry, never dead-letter.
+UNAVAILABLE: tuple[type[BaseException], ...] = (
+    OSError,
+    TimeoutError,
+    KafkaError,
+    asyncpg.PostgresConnectionError,
+    asyncpg.CannotConnectNowError,
+    asyncpg.TooManyConnectionsError,
+    asyncpg.exceptions.ConnectionDoesNotExistError,
+    asyncpg.exceptions.AdminShutdownError,
+)
+
+
+class Undecodable(Exception):
+    """The record cannot become an event; the message says why."""
+
+
+@dataclass(frozen=True)
+class Received(Generic[E]):
+    """A decoded record: the event and the id that makes its effects happen once."""
+
+    event_id: str
+    event: E
+
+
+Decode = Callable[[ConsumerRecord[bytes, bytes]], Received[E]]
+Apply = Callable[[asyncpg.Connection, E], Awaitable[Sequence[OutgoingRecord]]]
+
+
+class IdempotentConsumer(Generic[E]):
+    def __init__(
+        self,
+        *,
+        name: str,
+        topic: str,
+        decode: Decode[E],
+        apply: Apply[E],
+        pool: asyncpg.Pool,
+        producer: AIOKafkaProducer,
+        relay: OutboxRelay,
+        settings: ServiceSettings,
+    ) -> None:
+        self.name = name
+        self.topic = topic
+        self._decode = decode
+        self._apply = apply
+        self._pool = pool
+        self._producer = producer
+        self._relay = relay
+        self._settings = settings
+        self._deadletter_topic = DEADLETTER.full_name(settings.topic_prefix)
+
+    def subscribe(self, broker: KafkaBroker, group_id: str) -> None:
+        """Register with FastStream: offsets are committed only after `handle` returns."""
+
+        async def on_message(message: KafkaMessage) -> None:
+            await self.handle(message.raw_message)  # type: ignore[arg-type]
+
+        broker.subscriber(
+            self.topic,
+            group_id=group_id,
+            auto_offset_reset="earliest",
+            ack_policy=AckPolicy.NACK_ON_ERROR,
+        )(on_message)
+
+    async def handle(self, record: ConsumerRecord[bytes, bytes]) -> None:
+        try:
+            received = self._decode(record)
+        except ValidationError as exc:
+            await self._dead_letter(record, summary(exc), type(exc).__name__, attempts=1)
+            return
+        except Undecodable as exc:
+            await self._dead_letter(record, str(exc), type(exc).__name__, attempts=1)
+            return
+
+        attempts = self._settings.consumer_max_attempts
+        delay = self._settings.consumer_retry_backoff_s
+        for attempt in range(1, attempts + 1):
+            try:
+                fresh = await self._apply_once(received)
+            except UNAVAILABLE as exc:
+                log.warning("dependency unavailable; record will be retried", consumer=self.name,
+                            error_class=type(exc).__name__, offset=record.offset)
+                await asyncio.sleep(delay)
+                raise
+            except Exception as exc:  # the record's own failure: bounded tries, then dead letter
+                if attempt == attempts:
+                    log.error("record failed; dead-lettered", consumer=self.name,
+                              event_id=received.event_id, error_class=type(exc).__name__)
+                    await self._dead_letter(record, str(exc) or repr(exc), type(exc).__name__,
+                                            attempts=attempt)
+                    return
+                RECORDS.labels(self._settings.service_name, self.name, "retried").inc()
+                await asyncio.sleep(delay * 2 ** (attempt - 1))
+                continue
+            RECORDS.labels(
+                self._settings.service_name, self.name, "processed" if fresh else "duplicate"
+            ).inc()
+            return
+
+    async def _apply_once(self, received: Received[E]) -> bool:
+        """One transaction: claim the event id, apply, queue outgoing events. False: duplicate."""
+        async with self._pool.acquire() as conn, conn.transaction():
+            claimed = await conn.fetchval(
+                "INSERT INTO processed_events (consumer, event_id) VALUES ($1, $2) "
+                "ON CONFLICT DO NOTHING RETURNING true",
+                self.name,
+                received.event_id,
+            )
+            if not claimed:
+                return False
+            await write_outbox(conn, await self._apply(conn, received.event))
+        if self._settings.fault_crash_point == "after_db_commit":
+            log.warning("fault injection: SIGKILL after database commit", event_id=received.event_id)
+            os.kill(os.getpid(), signal.SIGKILL)
+        self._relay.wake()
+        return True
+
+    async def _dead_letter(
+        self, record: ConsumerRecord[bytes, bytes], reason: str, error_class: str, *, attempts: int
+    ) -> None:
+        headers: dict[str, str] = {
+            name: value.decode("utf-8", "replace") for name, value in (record.headers or ())
+        }
+        headers.update(
+            {
+                "error": reason[:4000],
+                "error_class": error_class,
+                "attempts": str(attempts),
+                "source_topic": record.topic,
+                "source_partition": str(record.partition),
+                "source_offset": str(record.offset),
+                "service": self._settings.service_name,
+                "time": datetime.now(UTC).isoformat(),
+            }
+        )
+        await publish_all(
+            self._producer,
+            [OutgoingRecord(self._deadletter_topic, record.key, record.value, headers)],
+        )
+        RECORDS.labels(self._settings.service_name, self.name, "dead_lettered").inc()
+        log.warning("record dead-lettered", consumer=self.name, topic=record.topic,
+                    partition=record.partition, offset=record.offset, error_class=error_class)
+
+
+def decode_json_event(adapter: Any) -> Decode[Any]:
+    """A decoder for topics whose values are CloudEvents of `adapter`'s contract."""
+
+    def decode(record: ConsumerRecord[bytes, bytes]) -> Received[Any]:
+        if record.value is None:
+            raise Undecodable("record has no value")
+        event = adapter.validate_json(record.value)
+        return Received(event.id, event)
+
+    return decode
+
+
+def decode_resolved_touchpoint(record: ConsumerRecord[bytes, bytes]) -> Received[Any]:
+    """A touchpoint from `crm.touchpoints.resolved.v1`, which must name its profile."""
+    received = decode_json_event(TOUCHPOINT_ADAPTER)(record)
+    if received.event.profileid is None:
+        raise Undecodable("resolved touchpoint without the `profileid` extension attribute")
+    return received

@@ -1,0 +1,65 @@
+"""The platform's event contracts: envelope, touchpoints, derived events and topics."""
+
+from crm_shared.contracts.derived import (
+    LOYALTY_ADAPTER,
+    NOTIFICATION_ADAPTER,
+    PROFILE_SNAPSHOT_ADAPTER,
+    ConsentState,
+    Identifier,
+    ProfileSnapshot,
+    ProfileSnapshotData,
+    profile_snapshot,
+)
+from crm_shared.contracts.envelope import CloudEvent, derived_event_id, envelope_fields
+from crm_shared.contracts.topics import (
+    DEADLETTER,
+    LOYALTY,
+    NOTIFICATIONS,
+    PROFILES,
+    TOPICS,
+    TOUCHPOINTS,
+    TOUCHPOINTS_RESOLVED,
+    Topic,
+)
+from crm_shared.contracts.touchpoints import (
+    CHANNELS,
+    IDENTIFIER_STRENGTH,
+    TOUCHPOINT_ADAPTER,
+    TOUCHPOINT_CLASSES,
+    IdentifierKind,
+    Identities,
+    TouchpointEnvelope,
+    TouchpointEvent,
+    touchpoint_types,
+)
+
+__all__ = [
+    "CHANNELS",
+    "DEADLETTER",
+    "IDENTIFIER_STRENGTH",
+    "LOYALTY",
+    "LOYALTY_ADAPTER",
+    "NOTIFICATIONS",
+    "NOTIFICATION_ADAPTER",
+    "PROFILES",
+    "PROFILE_SNAPSHOT_ADAPTER",
+    "TOPICS",
+    "TOUCHPOINTS",
+    "TOUCHPOINTS_RESOLVED",
+    "TOUCHPOINT_ADAPTER",
+    "TOUCHPOINT_CLASSES",
+    "CloudEvent",
+    "ConsentState",
+    "Identifier",
+    "IdentifierKind",
+    "Identities",
+    "ProfileSnapshot",
+    "ProfileSnapshotData",
+    "Topic",
+    "TouchpointEnvelope",
+    "TouchpointEvent",
+    "derived_event_id",
+    "envelope_fields",
+    "profile_snapshot",
+    "touchpoint_types",
+]

@@ -1,0 +1,194 @@
+"""Events the platform derives: profile snapshots, loyalty events and notification events.
+
+Their ids are deterministic (`derived_event_id`), so a re-publish after a crash is a duplicate
+that consumers drop, never a second effect.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Any, Literal
+
+from pydantic import AwareDatetime, Field, TypeAdapter
+
+from crm_shared.contracts.envelope import CloudEvent, Contract, NonEmptyStr, derived_event_id
+from crm_shared.contracts.touchpoints import (
+    ConsentPurpose,
+    ContactChannel,
+    IdentifierKind,
+    Properties,
+)
+
+ProfileId = Annotated[str, Field(min_length=1, max_length=64)]
+
+
+class Identifier(Contract):
+    kind: IdentifierKind
+    value: NonEmptyStr
+
+
+class ConsentState(Contract):
+    purpose: ConsentPurpose
+    contact_channel: ContactChannel
+    granted: bool
+    time: AwareDatetime = Field(description="event time of the change that set it")
+    source_event_id: NonEmptyStr
+
+
+ProfileChange = Literal["created", "identifiers", "traits", "consent", "activity", "merged"]
+
+
+class ProfileSnapshotData(Contract):
+    """The full state of one profile after a change (`crm.profiles.v1`, compacted)."""
+
+    profile_id: ProfileId
+    version: Annotated[int, Field(ge=1)]
+    change: list[ProfileChange] = Field(min_length=1, description="what this version changed")
+    identifiers: list[Identifier]
+    traits: Properties = Field(default_factory=dict)
+    consents: list[ConsentState] = Field(default_factory=list)
+    merged_into: ProfileId | None = None
+    created_at: AwareDatetime
+    updated_at: AwareDatetime
+    last_event_id: NonEmptyStr | None = None
+
+
+class ProfileSnapshot(CloudEvent[ProfileSnapshotData]):
+    type: Literal["crm.profile.snapshot"]
+
+
+def profile_snapshot(
+    data: ProfileSnapshotData, *, source: str, time: datetime
+) -> ProfileSnapshot:
+    """The snapshot envelope; its id is fixed by (profile, version)."""
+    return ProfileSnapshot(
+        specversion="1.0",
+        id=derived_event_id("profile-snapshot", data.profile_id, str(data.version)),
+        source=source,
+        type="crm.profile.snapshot",
+        time=time,
+        subject=data.profile_id,
+        data=data,
+    )
+
+
+# --- loyalty ------------------------------------------------------------------------------------
+class LoyaltyData(Contract):
+    profile_id: ProfileId
+    source_event_id: NonEmptyStr | None = Field(
+        default=None, description="the event that caused this one, when there is one"
+    )
+
+
+class PointsData(LoyaltyData):
+    points: int
+    balance: int
+    reason: NonEmptyStr
+
+
+class PointsExpiringData(LoyaltyData):
+    points: Annotated[int, Field(gt=0)]
+    expires_at: AwareDatetime
+
+
+class TierChangedData(LoyaltyData):
+    from_tier: NonEmptyStr | None
+    to_tier: NonEmptyStr
+    direction: Literal["up", "down"]
+    reason: NonEmptyStr
+
+
+class SegmentChangedData(LoyaltyData):
+    segment: NonEmptyStr
+    entered: bool
+    previous_segment: NonEmptyStr | None = None
+
+
+class PointsEarned(CloudEvent[PointsData]):
+    type: Literal["crm.loyalty.points_earned"]
+
+
+class PointsRedeemed(CloudEvent[PointsData]):
+    type: Literal["crm.loyalty.points_redeemed"]
+
+
+class PointsReversed(CloudEvent[PointsData]):
+    type: Literal["crm.loyalty.points_reversed"]
+
+
+class PointsExpired(CloudEvent[PointsData]):
+    type: Literal["crm.loyalty.points_expired"]
+
+
+class PointsExpiring(CloudEvent[PointsExpiringData]):
+    type: Literal["crm.loyalty.points_expiring"]
+
+
+class TierChanged(CloudEvent[TierChangedData]):
+    type: Literal["crm.loyalty.tier_changed"]
+
+
+class SegmentChanged(CloudEvent[SegmentChangedData]):
+    type: Literal["crm.loyalty.segment_changed"]
+
+
+LoyaltyEvent = Annotated[
+    PointsEarned
+    | PointsRedeemed
+    | PointsReversed
+    | PointsExpired
+    | PointsExpiring
+    | TierChanged
+    | SegmentChanged,
+    Field(discriminator="type"),
+]
+LOYALTY_ADAPTER: TypeAdapter[CloudEvent[Any]] = TypeAdapter(LoyaltyEvent)
+
+
+# --- notify -------------------------------------------------------------------------------------
+NotificationChannel = Literal["email", "sms", "webhook", "in_app"]
+
+
+class NotificationData(Contract):
+    notification_id: NonEmptyStr
+    profile_id: ProfileId
+    trigger: NonEmptyStr
+    category: Literal["marketing", "transactional", "task"]
+    channel: NotificationChannel | None = None
+    template: NonEmptyStr | None = None
+    dedupe_key: NonEmptyStr
+    reason: Annotated[str, Field(max_length=1024)] | None = Field(
+        default=None, description="why it was suppressed or failed"
+    )
+
+
+class NotificationRequested(CloudEvent[NotificationData]):
+    type: Literal["crm.notification.requested"]
+
+
+class NotificationSent(CloudEvent[NotificationData]):
+    type: Literal["crm.notification.sent"]
+
+
+class NotificationDelivered(CloudEvent[NotificationData]):
+    type: Literal["crm.notification.delivered"]
+
+
+class NotificationFailed(CloudEvent[NotificationData]):
+    type: Literal["crm.notification.failed"]
+
+
+class NotificationSuppressed(CloudEvent[NotificationData]):
+    type: Literal["crm.notification.suppressed"]
+
+
+NotificationEvent = Annotated[
+    NotificationRequested
+    | NotificationSent
+    | NotificationDelivered
+    | NotificationFailed
+    | NotificationSuppressed,
+    Field(discriminator="type"),
+]
+NOTIFICATION_ADAPTER: TypeAdapter[CloudEvent[Any]] = TypeAdapter(NotificationEvent)
+PROFILE_SNAPSHOT_ADAPTER: TypeAdapter[ProfileSnapshot] = TypeAdapter(ProfileSnapshot)

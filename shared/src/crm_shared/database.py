@@ -1,0 +1,125 @@
+"""The asyncpg pool and the versioned SQL migration runner every stateful service uses."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from dataclasses import dataclass
+from importlib import resources
+from typing import Any
+
+import asyncpg
+
+from crm_shared.logging import get_logger
+
+log = get_logger(__name__)
+
+_MIGRATION_FILE = re.compile(r"^(\d{4})_([a-z0-9_]+)\.sql$")
+# Any constant will do; it only has to be the same in every instance of every service.
+_MIGRATION_LOCK = 0x43524D5F4D4947  # "CRM_MIG"
+
+
+async def _init_connection(conn: asyncpg.Connection) -> None:
+    await conn.set_type_codec("jsonb", encoder=json.dumps, decoder=json.loads, schema="pg_catalog")
+    await conn.set_type_codec("json", encoder=json.dumps, decoder=json.loads, schema="pg_catalog")
+
+
+async def create_pool(url: str, size: int = 10) -> asyncpg.Pool:
+    """A pool whose connections encode and decode json/jsonb as Python objects."""
+    pool = await asyncpg.create_pool(
+        url, min_size=1, max_size=size, init=_init_connection, command_timeout=60
+    )
+    assert pool is not None
+    return pool
+
+
+@dataclass(frozen=True)
+class Migration:
+    track: str
+    version: int
+    name: str
+    sql: str
+
+    @property
+    def checksum(self) -> str:
+        return hashlib.sha256(self.sql.encode()).hexdigest()
+
+
+def load_migrations(track: str, package: str) -> list[Migration]:
+    """The numbered `NNNN_name.sql` files in `package`'s `migrations` folder, in order."""
+    folder = resources.files(package).joinpath("migrations")
+    found: list[Migration] = []
+    for entry in folder.iterdir():
+        match = _MIGRATION_FILE.match(entry.name)
+        if match:
+            found.append(Migration(track, int(match[1]), match[2], entry.read_text("utf-8")))
+    found.sort(key=lambda m: m.version)
+    versions = [m.version for m in found]
+    if versions != list(range(1, len(found) + 1)):
+        raise RuntimeError(f"migrations of {track} are not numbered 1..n without gaps: {versions}")
+    return found
+
+
+class MigrationError(RuntimeError):
+    pass
+
+
+async def apply_migrations(conn: asyncpg.Connection, migrations: list[Migration]) -> list[str]:
+    """Apply what is new, each file in its own transaction; re-running is a no-op.
+
+    A session advisory lock makes concurrent starts of several instances safe. An applied file
+    whose text changed since is an error, not something to paper over.
+    """
+    applied_now: list[str] = []
+    await conn.execute("SELECT pg_advisory_lock($1)", _MIGRATION_LOCK)
+    try:
+        await conn.execute(
+            """CREATE TABLE IF NOT EXISTS schema_migrations (
+                   track text NOT NULL,
+                   version integer NOT NULL,
+                   name text NOT NULL,
+                   checksum text NOT NULL,
+                   applied_at timestamptz NOT NULL DEFAULT now(),
+                   PRIMARY KEY (track, version))"""
+        )
+        rows = await conn.fetch("SELECT track, version, checksum FROM schema_migrations")
+        done: dict[tuple[str, int], str] = {(r["track"], r["version"]): r["checksum"] for r in rows}
+        for migration in migrations:
+            key = (migration.track, migration.version)
+            if key in done:
+                if done[key] != migration.checksum:
+                    raise MigrationError(
+                        f"migration {migration.track}/{migration.version:04d}_{migration.name} "
+                        "changed after it was applied; add a new migration instead"
+                    )
+                continue
+            async with conn.transaction():
+                await conn.execute(migration.sql)
+                await conn.execute(
+                    "INSERT INTO schema_migrations (track, version, name, checksum) "
+                    "VALUES ($1, $2, $3, $4)",
+                    migration.track,
+                    migration.version,
+                    migration.name,
+                    migration.checksum,
+                )
+            applied_now.append(f"{migration.track}/{migration.version:04d}_{migration.name}")
+    finally:
+        await conn.execute("SELECT pg_advisory_unlock($1)", _MIGRATION_LOCK)
+    if applied_now:
+        log.info("migrations applied", migrations=applied_now)
+    return applied_now
+
+
+def plumbing_migrations() -> list[Migration]:
+    """Tables of the shared plumbing: processed events and the outbox."""
+    return load_migrations("plumbing", "crm_shared")
+
+
+async def migrate(url: str, migrations: list[Migration]) -> list[str]:
+    conn: Any = await asyncpg.connect(url)
+    try:
+        return await apply_migrations(conn, migrations)
+    finally:
+        await conn.close()

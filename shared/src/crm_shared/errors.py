@@ -1,0 +1,42 @@
+"""Turning validation failures into precise (field, reason) pairs for APIs and dead letters."""
+
+from __future__ import annotations
+
+from typing import TypedDict
+
+from pydantic import ValidationError
+
+
+class FieldError(TypedDict):
+    field: str
+    reason: str
+
+
+def _field_path(loc: tuple[int | str, ...]) -> str:
+    # A discriminated union puts the matched tag (an event type name) into the location;
+    # the user's document has no such level, so it is dropped.
+    parts = [str(p) for p in loc if not (isinstance(p, str) and p.startswith("crm."))]
+    return ".".join(parts)
+
+
+def field_errors(exc: ValidationError) -> list[FieldError]:
+    """Every problem of a validation error, named by its dotted field path."""
+    found: list[FieldError] = []
+    for error in exc.errors(include_url=False, include_input=False):
+        kind = error["type"]
+        if kind == "union_tag_invalid":
+            field, reason = "type", "is not a known event type"
+        elif kind == "union_tag_not_found":
+            field, reason = "type", "is required"
+        elif kind == "json_invalid":
+            field, reason = "", f"invalid JSON: {error['msg']}"
+        else:
+            field = _field_path(tuple(error["loc"]))
+            reason = error["msg"].removeprefix("Value error, ")
+        found.append({"field": field, "reason": reason})
+    return found
+
+
+def summary(exc: ValidationError) -> str:
+    """One line naming each field and its reason (dead-letter header, logs)."""
+    return "; ".join(f"{e['field'] or '(document)'}: {e['reason']}" for e in field_errors(exc))

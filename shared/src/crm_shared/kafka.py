@@ -1,0 +1,132 @@
+"""Kafka plumbing: the FastStream broker for subscribers, the producer that publishes bytes
+exactly as given (outbox, dead letters, ingest), and topic creation from the registry."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+
+from aiokafka import AIOKafkaProducer
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.errors import TopicAlreadyExistsError, for_code
+from faststream.kafka import KafkaBroker
+
+from crm_shared.contracts.topics import TOPICS, Topic
+from crm_shared.logging import get_logger
+from crm_shared.settings import ServiceSettings
+
+log = get_logger(__name__)
+
+CLOUDEVENTS_CONTENT_TYPE = "application/cloudevents+json"
+
+
+def create_broker(settings: ServiceSettings) -> KafkaBroker:
+    """The FastStream broker that runs this service's subscribers. Topics are never created by
+    the broker: the registry's init step owns them."""
+    return KafkaBroker(
+        settings.kafka_bootstrap,
+        client_id=settings.service_name,
+        request_timeout_ms=settings.kafka_request_timeout_ms,
+        allow_auto_create_topics=False,
+        consumer_only=True,
+        graceful_timeout=15.0,
+        logger=get_logger(f"{settings.service_name}.broker"),
+    )
+
+
+def create_producer(settings: ServiceSettings) -> AIOKafkaProducer:
+    """acks=all always; the idempotent producer where the broker supports it (a setting,
+    because the local broker does not)."""
+    return AIOKafkaProducer(
+        bootstrap_servers=settings.kafka_bootstrap,
+        client_id=f"{settings.service_name}-producer",
+        acks="all",
+        enable_idempotence=settings.kafka_enable_idempotence,
+        request_timeout_ms=settings.kafka_request_timeout_ms,
+        linger_ms=5,
+    )
+
+
+@dataclass(frozen=True)
+class OutgoingRecord:
+    """One record to publish: the topic's full name, raw key and value (None is a tombstone)."""
+
+    topic: str
+    key: bytes | None
+    value: bytes | None
+    headers: Mapping[str, str]
+
+
+def encode_headers(headers: Mapping[str, str]) -> list[tuple[str, bytes]]:
+    return [(name, value.encode()) for name, value in headers.items()]
+
+
+async def publish_all(producer: AIOKafkaProducer, records: Iterable[OutgoingRecord]) -> None:
+    """Publish in the given order and return once the broker acknowledged every record.
+
+    Each `send` only appends to the producer's per-partition queue, so issuing them one after
+    the other keeps the order per key; awaiting all futures afterwards batches the round trips.
+    """
+    pending = [
+        await producer.send(r.topic, r.value, key=r.key, headers=encode_headers(r.headers))
+        for r in records
+    ]
+    if pending:
+        await asyncio.gather(*pending)
+
+
+async def ping(producer: AIOKafkaProducer, timeout: float = 2.0) -> bool:
+    """Whether the cluster answers a metadata request within `timeout` seconds."""
+    try:
+        await asyncio.wait_for(producer.client.fetch_all_metadata(), timeout)
+    except Exception:  # any failure means not reachable, which is what readiness reports
+        return False
+    return True
+
+
+class TopicCreationError(RuntimeError):
+    pass
+
+
+async def create_topics(
+    bootstrap: str,
+    *,
+    prefix: str = "",
+    partitions: int,
+    replication_factor: int = 1,
+    topics: Iterable[Topic] = TOPICS,
+) -> list[str]:
+    """Create the registry's topics that do not exist yet; returns the names created."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, client_id="crm-admin")
+    await admin.start()
+    try:
+        existing = set(await admin.list_topics())
+        wanted = [t for t in topics if t.full_name(prefix) not in existing]
+        if not wanted:
+            return []
+        response = await admin.create_topics(
+            [
+                NewTopic(
+                    name=topic.full_name(prefix),
+                    num_partitions=partitions,
+                    replication_factor=replication_factor,
+                    topic_configs={"cleanup.policy": topic.cleanup_policy},
+                )
+                for topic in wanted
+            ]
+        )
+        created: list[str] = []
+        failures: list[str] = []
+        for name, code, *message in response.topic_errors:
+            if code == 0:
+                created.append(name)
+            elif code != TopicAlreadyExistsError.errno:
+                failures.append(f"{name}: {for_code(code).__name__} {message[0] if message else ''}")
+        if failures:
+            raise TopicCreationError("; ".join(failures))
+        if created:
+            log.info("topics created", topics=created, partitions=partitions)
+        return created
+    finally:
+        await admin.close()

@@ -1,0 +1,232 @@
+"""Wiring every service shares: lifespan (pool, migrations, producer, outbox relay, FastStream
+broker and its consumers), `/healthz`, `/readyz`, `/metrics`, problem details and an access log
+that never records query strings (they can hold emails and phone numbers)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+import asyncpg
+import uvicorn
+from aiokafka import AIOKafkaProducer
+from fastapi import FastAPI, Request, Response
+from fastapi.responses import JSONResponse
+from prometheus_client import CONTENT_TYPE_LATEST, Histogram, generate_latest
+from starlette.middleware.base import BaseHTTPMiddleware, RequestResponseEndpoint
+
+from crm_shared.consumer import Apply, Decode, IdempotentConsumer
+from crm_shared.contracts.topics import Topic
+from crm_shared.database import Migration, apply_migrations, create_pool
+from crm_shared.kafka import create_broker, create_producer, ping
+from crm_shared.logging import configure_logging, get_logger
+from crm_shared.outbox import OutboxRelay
+from crm_shared.problems import install_problem_handlers
+from crm_shared.settings import ServiceSettings
+
+log = get_logger(__name__)
+
+HTTP_LATENCY = Histogram(
+    "crm_http_request_duration_seconds",
+    "HTTP request latency by route and status",
+    ["service", "method", "route", "status"],
+)
+
+
+@dataclass
+class Runtime:
+    """What a running service holds; routes reach it as `request.app.state.runtime`."""
+
+    settings: ServiceSettings
+    producer: AIOKafkaProducer
+    pool: asyncpg.Pool | None = None
+    relay: OutboxRelay | None = None
+    consumers: list[IdempotentConsumer[Any]] = field(default_factory=list)
+
+    @property
+    def db(self) -> asyncpg.Pool:
+        if self.pool is None:
+            raise RuntimeError(f"{self.settings.service_name} has no database")
+        return self.pool
+
+
+@dataclass(frozen=True)
+class ConsumerSpec:
+    name: str
+    topic: Topic
+    decode: Decode[Any]
+    apply: Callable[[Runtime], Apply[Any]]
+
+
+def runtime_of(request: Request) -> Runtime:
+    runtime: Runtime = request.app.state.runtime
+    return runtime
+
+
+class AccessLog(BaseHTTPMiddleware):
+    def __init__(self, app: Any, service: str) -> None:
+        super().__init__(app)
+        self._service = service
+        self._log = get_logger(f"{service}.access")
+
+    async def dispatch(self, request: Request, call_next: RequestResponseEndpoint) -> Response:
+        started = time.perf_counter()
+        response = await call_next(request)
+        elapsed = time.perf_counter() - started
+        route = getattr(request.scope.get("route"), "path", "unmatched")
+        HTTP_LATENCY.labels(self._service, request.method, route, response.status_code).observe(
+            elapsed
+        )
+        self._log.info(
+            "request",
+            method=request.method,
+            route=route,
+            status=response.status_code,
+            duration_ms=round(elapsed * 1000, 2),
+        )
+        return response
+
+
+async def _start_producer(settings: ServiceSettings, wait_s: float = 60.0) -> AIOKafkaProducer:
+    """Start the producer, waiting for the broker for a while (it may start after us)."""
+    deadline = time.monotonic() + wait_s
+    while True:
+        producer = create_producer(settings)
+        try:
+            await producer.start()
+            return producer
+        except Exception as exc:
+            await producer.stop()
+            if time.monotonic() > deadline:
+                raise RuntimeError(
+                    f"Kafka at {settings.kafka_bootstrap} did not answer within {wait_s:.0f}s"
+                ) from exc
+            log.warning("waiting for Kafka", bootstrap=settings.kafka_bootstrap)
+            await asyncio.sleep(1.0)
+
+
+class Service:
+    """One service's process: build it, add consumers and routes, then `run()`."""
+
+    def __init__(
+        self,
+        settings: ServiceSettings,
+        *,
+        title: str,
+        description: str,
+        migrations: list[Migration] | None = None,
+    ) -> None:
+        self.settings = settings
+        self._migrations = migrations
+        self._consumer_specs: list[ConsumerSpec] = []
+        self.app = FastAPI(
+            title=title, description=description, version="0.1.0", lifespan=self._lifespan
+        )
+        self.app.add_middleware(AccessLog, service=settings.service_name)
+        install_problem_handlers(self.app)
+        self._add_operational_routes()
+
+    def consume(self, name: str, topic: Topic, decode: Decode[Any],
+                apply: Callable[[Runtime], Apply[Any]]) -> None:
+        """Read `topic` with the idempotent consumer; `apply` builds the effect function."""
+        self._consumer_specs.append(ConsumerSpec(name, topic, decode, apply))
+
+    @asynccontextmanager
+    async def _lifespan(self, app: FastAPI) -> AsyncIterator[None]:
+        settings = self.settings
+        configure_logging(settings.log_level, settings.log_json)
+        pool: asyncpg.Pool | None = None
+        if self._migrations is not None:
+            pool = await create_pool(settings.database_url, settings.database_pool_size)
+            if settings.migrate_on_start:
+                async with pool.acquire() as conn:
+                    await apply_migrations(conn, self._migrations)
+        producer = await _start_producer(settings)
+        runtime = Runtime(settings=settings, producer=producer, pool=pool)
+        broker = create_broker(settings)
+        if pool is not None:
+            runtime.relay = OutboxRelay(
+                pool,
+                producer,
+                service=settings.service_name,
+                batch_size=settings.outbox_batch_size,
+                poll_interval_s=settings.outbox_poll_interval_s,
+                crash_after_publish=settings.fault_crash_point == "after_outbox_publish",
+            )
+            runtime.relay.start()
+            for spec in self._consumer_specs:
+                consumer = IdempotentConsumer(
+                    name=spec.name,
+                    topic=spec.topic.full_name(settings.topic_prefix),
+                    decode=spec.decode,
+                    apply=spec.apply(runtime),
+                    pool=pool,
+                    producer=producer,
+                    relay=runtime.relay,
+                    settings=settings,
+                )
+                consumer.subscribe(broker, group_id=f"{settings.topic_prefix}crm-{settings.service_name}")
+                runtime.consumers.append(consumer)
+        app.state.runtime = runtime
+        await broker.start()
+        log.info("service started", service=settings.service_name, port=settings.http_port,
+                 consumers=[c.name for c in runtime.consumers])
+        try:
+            yield
+        finally:
+            await broker.stop()
+            if runtime.relay is not None:
+                await runtime.relay.stop()
+            await producer.stop()
+            if pool is not None:
+                await pool.close()
+            log.info("service stopped", service=settings.service_name)
+
+    def _add_operational_routes(self) -> None:
+        app = self.app
+
+        @app.get("/healthz", tags=["operations"], summary="The process is alive")
+        async def healthz() -> dict[str, str]:
+            return {"status": "ok"}
+
+        @app.get(
+            "/readyz",
+            tags=["operations"],
+            summary="Kafka and the database are reachable",
+            responses={503: {"description": "a dependency is not reachable"}},
+        )
+        async def readyz(request: Request) -> JSONResponse:
+            runtime = runtime_of(request)
+            checks: dict[str, str] = {}
+            checks["kafka"] = "ok" if await ping(runtime.producer) else "unreachable"
+            if runtime.pool is not None:
+                try:
+                    await asyncio.wait_for(runtime.pool.fetchval("SELECT 1"), 2.0)
+                    checks["database"] = "ok"
+                except Exception:
+                    checks["database"] = "unreachable"
+            ready = all(v == "ok" for v in checks.values())
+            return JSONResponse(
+                {"status": "ready" if ready else "not ready", "checks": checks},
+                status_code=200 if ready else 503,
+            )
+
+        @app.get("/metrics", tags=["operations"], summary="Prometheus metrics")
+        async def metrics() -> Response:
+            return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+
+    def run(self) -> None:
+        """Serve HTTP and the consumers until SIGTERM/SIGINT, then shut down gracefully."""
+        configure_logging(self.settings.log_level, self.settings.log_json)
+        uvicorn.run(
+            self.app,
+            host=self.settings.http_host,
+            port=self.settings.http_port,
+            log_config=None,
+            access_log=False,
+            timeout_graceful_shutdown=20,
+        )

@@ -1,0 +1,99 @@
+"""Settings every service shares (environment variables with the `CRM_` prefix)."""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import Field, SecretStr, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+# Development defaults: used by `make up` and the docs, refused when CRM_ENV=production.
+DEV_WRITE_KEY = "dev-write-key"
+DEV_ADMIN_TOKEN = "dev-admin-token"
+
+
+class ServiceSettings(BaseSettings):
+    """What every service reads; each service extends it with its own fields."""
+
+    model_config = SettingsConfigDict(env_prefix="CRM_", extra="ignore")
+
+    env: Literal["development", "production"] = Field(
+        default="development", description="`production` refuses the development defaults"
+    )
+    service_name: str = Field(default="crm", description="set by each service")
+    http_host: str = Field(default="127.0.0.1", description="address the HTTP server binds")
+    http_port: int = Field(default=8000, ge=1, le=65535, description="HTTP port")
+    kafka_bootstrap: str = Field(
+        default="127.0.0.1:9092", description="Kafka bootstrap servers, comma separated"
+    )
+    kafka_enable_idempotence: bool = Field(
+        default=True,
+        description="idempotent producer; on for Apache Kafka, off for the local broker "
+        "(Tansu answers InitProducerId with an error)",
+    )
+    kafka_request_timeout_ms: int = Field(default=30_000, ge=1000, description="producer request timeout")
+    topic_prefix: str = Field(
+        default="", description="prefix of every topic name (tests and shared clusters)"
+    )
+    topic_partitions: int = Field(default=12, ge=1, description="partitions of created topics")
+    topic_replication_factor: int = Field(
+        default=1, ge=1, description="replication factor of created topics (3 in production)"
+    )
+    database_url: str = Field(
+        default="postgresql://postgres@127.0.0.1:5433/postgres",
+        description="PostgreSQL URL of this service's own database",
+    )
+    database_pool_size: int = Field(default=10, ge=1, description="connections in the pool")
+    migrate_on_start: bool = Field(
+        default=True, description="apply this service's SQL migrations when it starts"
+    )
+    consumer_max_attempts: int = Field(
+        default=3, ge=1, description="tries of a failing record before it is dead-lettered"
+    )
+    consumer_retry_backoff_s: float = Field(
+        default=0.2, gt=0, description="first pause between tries; doubles each time"
+    )
+    outbox_poll_interval_s: float = Field(
+        default=0.5, gt=0, description="how often the relay looks for unpublished outbox rows"
+    )
+    outbox_batch_size: int = Field(default=500, ge=1, description="outbox rows published per round")
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    log_json: bool | None = Field(
+        default=None, description="JSON logs; by default JSON unless stderr is a terminal"
+    )
+    fault_crash_point: Literal["after_db_commit", "after_outbox_publish"] | None = Field(
+        default=None,
+        description="test hook: SIGKILL this process at that point of the next record "
+        "(refused in production)",
+    )
+
+    @model_validator(mode="after")
+    def _production_refuses_test_hooks(self) -> ServiceSettings:
+        if self.env == "production" and self.fault_crash_point is not None:
+            raise ValueError("CRM_FAULT_CRASH_POINT is a test hook and is refused in production")
+        return self
+
+
+class ApiSettings(ServiceSettings):
+    """Services with an authenticated read API."""
+
+    api_tokens: Annotated[list[SecretStr], NoDecode] = Field(
+        default_factory=lambda: [SecretStr(DEV_ADMIN_TOKEN)],
+        description="bearer tokens accepted by the read API, comma separated",
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _split_tokens(cls, values: dict[str, object]) -> dict[str, object]:
+        raw = values.get("api_tokens")
+        if isinstance(raw, str):
+            values["api_tokens"] = [t.strip() for t in raw.split(",") if t.strip()]
+        return values
+
+    @model_validator(mode="after")
+    def _production_refuses_dev_token(self) -> ApiSettings:
+        if self.env == "production" and any(
+            t.get_secret_value() == DEV_ADMIN_TOKEN for t in self.api_tokens
+        ):
+            raise ValueError("CRM_API_TOKENS holds the development token; set real tokens")
+        return self
