@@ -1,0 +1,109 @@
+"""The contracts accept what channels send, refuse what they must, and name the field."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+from pydantic import ValidationError
+
+from crm_shared.contracts import TOUCHPOINT_ADAPTER, TOUCHPOINT_CLASSES, touchpoint_types
+from crm_shared.contracts.examples import all_examples, example_event
+from crm_shared.errors import field_errors
+
+ARCHITECTURE_EXAMPLE = """{"specversion": "1.0", "id": "9f1c2d3e-web-0001", "source": "shop-frontend",
+ "type": "crm.touchpoint.web.page_viewed", "time": "2026-11-20T10:15:00Z",
+ "datacontenttype": "application/json",
+ "data": {"channel": "web",
+          "identities": {"anonymous_id": "a-77f0", "email": "Ana.Petrova@Example.org"},
+          "url": "https://shop.example.org/loyalty", "title": "Loyalty programme"}}"""
+
+
+def errors_of(document: dict[str, Any]) -> list[tuple[str, str]]:
+    with pytest.raises(ValidationError) as raised:
+        TOUCHPOINT_ADAPTER.validate_json(json.dumps(document))
+    return [(e["field"], e["reason"]) for e in field_errors(raised.value)]
+
+
+def test_the_architecture_example_is_accepted_as_it_stands() -> None:
+    event = TOUCHPOINT_ADAPTER.validate_json(ARCHITECTURE_EXAMPLE)
+    assert event.type == "crm.touchpoint.web.page_viewed"
+    assert event.data.identities.email == "ana.petrova@example.org"
+    assert event.data.identities.strongest() == "email:ana.petrova@example.org"
+
+
+def test_every_channel_and_event_type_of_the_product_exists() -> None:
+    wanted = {
+        "web": ["page_viewed", "product_viewed", "cart_updated", "order_completed",
+                "order_refunded", "signed_up", "form_submitted"],
+        "phone": ["call_completed", "sms_received"],
+        "email": ["sent", "delivered", "opened", "clicked", "bounced", "complained",
+                  "unsubscribed", "replied"],
+        "store": ["purchase"],
+        "feedback": ["survey_answered"],
+    }
+    types = set(touchpoint_types())
+    for channel, actions in wanted.items():
+        for action in [*actions, "identify", "consent_granted", "consent_withdrawn"]:
+            assert f"crm.touchpoint.{channel}.{action}" in types
+
+
+@pytest.mark.parametrize("document", all_examples(), ids=lambda d: d["type"])
+def test_every_example_validates_and_survives_a_json_round_trip(document: dict[str, Any]) -> None:
+    event = TOUCHPOINT_ADAPTER.validate_json(json.dumps(document))
+    again = TOUCHPOINT_ADAPTER.validate_json(event.model_dump_json(exclude_none=True))
+    assert again == event
+    assert type(event) in TOUCHPOINT_CLASSES
+
+
+@pytest.mark.parametrize(
+    ("change", "field", "reason_part"),
+    [
+        (lambda d: d["data"].update(identities={}), "data.identities", "at least one identifier"),
+        (lambda d: d["data"]["identities"].update(email="not-an-email"), "data.identities.email",
+         "not an email"),
+        (lambda d: d.update(type="crm.touchpoint.web.teleported"), "type", "not a known event type"),
+        (lambda d: d.pop("type"), "type", "required"),
+        (lambda d: d.pop("time"), "time", "required"),
+        (lambda d: d.update(time="2026-11-20T10:15:00"), "time", "timezone"),
+        (lambda d: d.update(specversion="0.3"), "specversion", "1.0"),
+        (lambda d: d["data"].pop("url"), "data.url", "required"),
+        (lambda d: d["data"].update(urll="x"), "data.urll", "not permitted"),
+        (lambda d: d["data"].update(channel="phone"), "", "does not match the channel"),
+        (lambda d: d.update(Bad_Ext="x"), "", "extension attribute 'Bad_Ext'"),
+    ],
+)
+def test_invalid_envelopes_name_the_field_and_the_reason(
+    change: Any, field: str, reason_part: str
+) -> None:
+    document = json.loads(ARCHITECTURE_EXAMPLE)
+    change(document)
+    errors = errors_of(document)
+    assert any(f == field and reason_part in r for f, r in errors), errors
+
+
+def test_strict_types_refuse_numbers_in_strings() -> None:
+    document = example_event("crm.touchpoint.phone.call_completed")
+    document["data"]["duration_seconds"] = "312"
+    assert ("data.duration_seconds", "Input should be a valid integer") in errors_of(document)
+
+
+def test_survey_scores_are_checked_against_their_scale() -> None:
+    document = example_event("crm.touchpoint.feedback.survey_answered")
+    document["data"].update(kind="nps", score=11)
+    assert any("outside the nps scale 0..10" in r for _, r in errors_of(document))
+
+
+def test_phone_numbers_are_compacted_and_garbage_refused() -> None:
+    document = example_event("crm.touchpoint.phone.call_completed")
+    event = TOUCHPOINT_ADAPTER.validate_json(json.dumps(document))
+    assert event.data.identities.phone == "+37060000001"
+    document["data"]["identities"]["phone"] = "call me maybe"
+    assert any(f == "data.identities.phone" for f, _ in errors_of(document))
+
+
+def test_the_strongest_identifier_is_the_key() -> None:
+    document = example_event("crm.touchpoint.phone.call_completed")
+    event = TOUCHPOINT_ADAPTER.validate_json(json.dumps(document))
+    assert event.data.identities.strongest() == "customer_id:c-1001"

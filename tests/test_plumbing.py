@@ -1,0 +1,151 @@
+"""The shared plumbing against the real broker and PostgreSQL: migrations, every event type
+through the broker, the idempotent consumer, dead letters."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from typing import Any
+
+import asyncpg
+import pytest
+from prometheus_client import REGISTRY
+
+from crm_profile.app import build as build_profile
+from crm_profile.app import migrations as profile_migrations
+from crm_profile.settings import ProfileSettings
+from crm_shared.contracts import DEADLETTER, TOUCHPOINT_ADAPTER, TOUCHPOINTS, TOUCHPOINTS_RESOLVED
+from crm_shared.contracts.examples import all_examples, example_event
+from crm_shared.database import MigrationError, apply_migrations, migrate
+from crm_shared.kafka import CLOUDEVENTS_CONTENT_TYPE, OutgoingRecord, create_producer, publish_all
+from crm_shared.settings import ServiceSettings
+from tests.conftest import Databases
+from tests.support import Endpoints, produce, read_topic, running, service_env, wait_until
+
+
+async def test_migrations_apply_on_an_empty_database_and_reapply_as_a_no_op(
+    databases: Databases,
+) -> None:
+    url = await databases.create("migrate")
+    first = await migrate(url, profile_migrations())
+    assert first == ["plumbing/0001_plumbing", "profile/0001_init"]
+    conn = await asyncpg.connect(url)
+    try:
+        tables = {r["tablename"] for r in await conn.fetch("SELECT tablename FROM pg_tables WHERE schemaname = 'public'")}
+        assert {"processed_events", "outbox", "profiles", "identifiers", "touchpoints", "schema_migrations"} <= tables
+        assert await apply_migrations(conn, profile_migrations()) == []
+        changed = profile_migrations()
+        changed[-1] = type(changed[-1])(changed[-1].track, changed[-1].version, changed[-1].name, changed[-1].sql + "\n-- edited")
+        with pytest.raises(MigrationError, match="changed after it was applied"):
+            await apply_migrations(conn, changed)
+    finally:
+        await conn.close()
+
+
+async def test_every_event_type_round_trips_through_the_real_broker(
+    endpoints: Endpoints, topic_prefix: str
+) -> None:
+    topic = TOUCHPOINTS.full_name(topic_prefix)
+    settings = ServiceSettings(kafka_bootstrap=endpoints.bootstrap,
+                               kafka_enable_idempotence=endpoints.idempotence)
+    producer = create_producer(settings)
+    await producer.start()
+    sent = {}
+    try:
+        records = []
+        for document in all_examples():
+            event: Any = TOUCHPOINT_ADAPTER.validate_json(json.dumps(document))
+            sent[event.id] = event
+            records.append(OutgoingRecord(topic, event.data.identities.strongest().encode(),
+                                          event.model_dump_json(exclude_none=True).encode(),
+                                          {"content-type": CLOUDEVENTS_CONTENT_TYPE}))
+        await publish_all(producer, records)
+    finally:
+        await producer.stop()
+    received = await read_topic(endpoints.bootstrap, topic, at_least=len(sent))
+    assert len(received) == len(sent)
+    for record in received:
+        event = TOUCHPOINT_ADAPTER.validate_json(record.value)
+        assert event == sent[event.id]
+        assert record.key == event.data.identities.strongest().encode()
+        assert dict(record.headers)["content-type"] == CLOUDEVENTS_CONTENT_TYPE.encode()
+
+
+def _profile_settings(endpoints: Endpoints, prefix: str, url: str) -> ProfileSettings:
+    return ProfileSettings(**{k.removeprefix("CRM_").lower(): v for k, v in
+                              service_env(endpoints, prefix, url).items()})
+
+
+def _count(consumer: str, outcome: str) -> float:
+    return REGISTRY.get_sample_value(
+        "crm_consumer_records_total", {"service": "profile", "consumer": consumer, "outcome": outcome}
+    ) or 0.0
+
+
+async def test_the_same_event_delivered_twice_has_one_effect(
+    endpoints: Endpoints, topic_prefix: str, databases: Databases
+) -> None:
+    url = await databases.create("profile")
+    document = example_event("crm.touchpoint.web.order_completed", event_id=str(uuid.uuid4()))
+    raw = json.dumps(document).encode()
+    topic = TOUCHPOINTS.full_name(topic_prefix)
+    await produce(endpoints.bootstrap, topic, [(b"k", raw), (b"k", raw)])
+    duplicates_before = _count("profile.touchpoints", "duplicate")
+
+    async with running(build_profile(_profile_settings(endpoints, topic_prefix, url))):
+        await wait_until(
+            lambda: _async(_count("profile.touchpoints", "duplicate") > duplicates_before),
+            what="the second delivery to be recognised as a duplicate",
+        )
+        resolved = await read_topic(endpoints.bootstrap, TOUCHPOINTS_RESOLVED.full_name(topic_prefix), at_least=1)
+
+    conn = await asyncpg.connect(url)
+    try:
+        assert await conn.fetchval("SELECT count(*) FROM touchpoints") == 1
+        assert await conn.fetchval("SELECT count(*) FROM profiles") == 1
+        assert await conn.fetchval("SELECT version FROM profiles") == 1
+        assert await conn.fetchval("SELECT count(*) FROM outbox") == 0
+    finally:
+        await conn.close()
+    assert [json.loads(r.value)["id"] for r in resolved] == [document["id"]]
+
+
+async def _async(value: bool) -> bool:
+    return value
+
+
+async def test_a_poison_record_is_dead_lettered_with_its_reason_and_the_partition_moves_on(
+    endpoints: Endpoints, topic_prefix: str, databases: Databases
+) -> None:
+    url = await databases.create("profile")
+    topic = TOUCHPOINTS.full_name(topic_prefix)
+    bad_json = b'{"specversion": "1.0", "id": '
+    no_identity = example_event("crm.touchpoint.web.page_viewed", event_id="poison-2")
+    no_identity["data"]["identities"] = {}
+    good = example_event("crm.touchpoint.web.page_viewed", event_id=str(uuid.uuid4()))
+    # One key, so all three land on one partition in this order.
+    await produce(endpoints.bootstrap, topic, [
+        (b"same-key", bad_json),
+        (b"same-key", json.dumps(no_identity).encode()),
+        (b"same-key", json.dumps(good).encode()),
+    ])
+
+    async with running(build_profile(_profile_settings(endpoints, topic_prefix, url))) as service:
+        pool = service.app.state.runtime.db
+
+        async def good_one_stored() -> bool:
+            return bool(await pool.fetchval("SELECT count(*) FROM touchpoints WHERE event_id = $1", good["id"]))
+
+        await wait_until(good_one_stored, what="the record after the poison to be processed")
+
+    dead = await read_topic(endpoints.bootstrap, DEADLETTER.full_name(topic_prefix), at_least=2)
+    assert len(dead) == 2
+    first, second = sorted(dead, key=lambda r: int(dict(r.headers)["source_offset"]))
+    h1 = {k: v.decode() for k, v in first.headers}
+    h2 = {k: v.decode() for k, v in second.headers}
+    assert first.value == bad_json and first.key == b"same-key"
+    assert "invalid JSON" in h1["error"]
+    assert h1["source_topic"] == topic and h1["service"] == "profile"
+    assert {"source_partition", "source_offset", "time", "error_class", "attempts"} <= h1.keys()
+    assert "data.identities: at least one identifier is required" in h2["error"]
+    assert second.value == json.dumps(no_identity).encode()
