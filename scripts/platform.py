@@ -18,7 +18,6 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from pathlib import Path
 
 from localinfra import STATE, database_url
 
@@ -38,10 +37,14 @@ def _infra_env() -> dict[str, str]:
         for line in infra.read_text().splitlines():
             key, _, value = line.partition("=")
             env[key] = value
-    env.update({k: v for k, v in os.environ.items() if k in ("CRM_KAFKA_BOOTSTRAP", "CRM_DATABASE_URL")})
+    env.update(
+        {k: v for k, v in os.environ.items() if k in ("CRM_KAFKA_BOOTSTRAP", "CRM_DATABASE_URL")}
+    )
     if "CRM_KAFKA_BOOTSTRAP" not in env or "CRM_DATABASE_URL" not in env:
-        raise SystemExit("platform: no infrastructure: run `make infra-up` or set "
-                         "CRM_KAFKA_BOOTSTRAP and CRM_DATABASE_URL")
+        raise SystemExit(
+            "platform: no infrastructure: run `make infra-up` or set "
+            "CRM_KAFKA_BOOTSTRAP and CRM_DATABASE_URL"
+        )
     return env
 
 
@@ -64,7 +67,7 @@ def _pid(name: str) -> int | None:
 
 def _ready(port: int) -> tuple[bool, str]:
     try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=2) as answer:  # noqa: S310
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=2) as answer:
             return answer.status == 200, answer.read().decode()
     except urllib.error.HTTPError as error:
         return False, error.read().decode()
@@ -85,8 +88,12 @@ def up() -> int:
             env["CRM_DATABASE_URL"] = database_url(infra["CRM_DATABASE_URL"], database)
         with open(STATE / "logs" / f"{name}.log", "ab") as log:
             process = subprocess.Popen(
-                [sys.executable, "-m", module], env=env, stdout=log, stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL, start_new_session=True,
+                [sys.executable, "-m", module],
+                env=env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
             )
         (STATE / "run" / f"{name}.pid").write_text(str(process.pid))
     deadline = time.monotonic() + READY_TIMEOUT_S
@@ -94,15 +101,21 @@ def up() -> int:
     while waiting and time.monotonic() < deadline:
         for name in sorted(waiting):
             if _pid(name) is None:
-                print(f"platform: {name} exited; see {STATE / 'logs' / (name + '.log')}", file=sys.stderr)
+                print(
+                    f"platform: {name} exited; see {STATE / 'logs' / (name + '.log')}",
+                    file=sys.stderr,
+                )
                 return 1
             if _ready(_port(name))[0]:
                 waiting.discard(name)
         time.sleep(0.3)
     if waiting:
         for name in sorted(waiting):
-            print(f"platform: {name} not ready after {READY_TIMEOUT_S:.0f}s: {_ready(_port(name))[1]}",
-                  file=sys.stderr)
+            print(
+                f"platform: {name} not ready after {READY_TIMEOUT_S:.0f}s: "
+                f"{_ready(_port(name))[1]}",
+                file=sys.stderr,
+            )
         return 1
     print("platform: all services ready")
     for name in SERVICES:
@@ -135,7 +148,9 @@ def status() -> int:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("action", choices=["up", "down", "status"])
     return {"up": up, "down": down, "status": status}[parser.parse_args().action]()
 

@@ -115,7 +115,7 @@ async def databases(endpoints: Endpoints) -> AsyncIterator[Databases]:
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Tests that use the real broker or database carry the `infra` marker (`make unit` skips them)."""
+    """Tests using the real broker or database carry the `infra` marker (`make unit` skips them)."""
     for item in items:
         if "endpoints" in getattr(item, "fixturenames", ()):
             item.add_marker(pytest.mark.infra)

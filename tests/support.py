@@ -52,7 +52,10 @@ def service_env(endpoints: Endpoints, prefix: str, database: str | None = None) 
 
 
 async def wait_until(
-    check: Callable[[], Awaitable[T]], *, timeout: float = 30.0, interval: float = 0.1,
+    check: Callable[[], Awaitable[T]],
+    *,
+    timeout: float = 30.0,
+    interval: float = 0.1,
     what: str = "condition",
 ) -> T:
     """Poll `check` until it returns something truthy; fail with `what` after `timeout` seconds."""
@@ -78,8 +81,9 @@ async def read_topic(
 ) -> list[ConsumerRecord[bytes, bytes]]:
     """Every record of `topic` from the beginning up to its end (waiting for `at_least`), read
     by a plain aiokafka consumer with no group: what any outside consumer would see."""
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False,
-                                auto_offset_reset="earliest")
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=bootstrap, enable_auto_commit=False, auto_offset_reset="earliest"
+    )
     await consumer.start()
     try:
         partitions = await wait_until(
@@ -117,7 +121,9 @@ async def _position(consumer: AIOKafkaConsumer, tp: TopicPartition) -> int:
 
 
 async def produce(
-    bootstrap: str, topic: str, values: list[tuple[bytes | None, bytes | None]],
+    bootstrap: str,
+    topic: str,
+    values: list[tuple[bytes | None, bytes | None]],
     headers: list[tuple[str, bytes]] | None = None,
 ) -> None:
     """Publish (key, value) pairs as an upstream producer would, acks=all."""
@@ -143,8 +149,11 @@ class ServiceProcess:
     def start(self, **extra_env: str) -> None:
         with open(self.log, "ab") as log:
             self.process = subprocess.Popen(
-                [sys.executable, "-m", self.module], env={**self._env, **extra_env},
-                stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                [sys.executable, "-m", self.module],
+                env={**self._env, **extra_env},
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
             )
 
     @property
@@ -178,7 +187,9 @@ class ServiceProcess:
             text = answer.read().decode()
         for family in text_string_to_metric_families(text):
             for sample in family.samples:
-                if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
+                if sample.name == name and all(
+                    sample.labels.get(k) == v for k, v in labels.items()
+                ):
                     return float(sample.value)
         return 0.0
 

@@ -12,7 +12,8 @@ from crm_shared.contracts import TOUCHPOINT_ADAPTER, TOUCHPOINT_CLASSES, touchpo
 from crm_shared.contracts.examples import all_examples, example_event
 from crm_shared.errors import field_errors
 
-ARCHITECTURE_EXAMPLE = """{"specversion": "1.0", "id": "9f1c2d3e-web-0001", "source": "shop-frontend",
+ARCHITECTURE_EXAMPLE = """{"specversion": "1.0", "id": "9f1c2d3e-web-0001",
+ "source": "shop-frontend",
  "type": "crm.touchpoint.web.page_viewed", "time": "2026-11-20T10:15:00Z",
  "datacontenttype": "application/json",
  "data": {"channel": "web",
@@ -35,11 +36,26 @@ def test_the_architecture_example_is_accepted_as_it_stands() -> None:
 
 def test_every_channel_and_event_type_of_the_product_exists() -> None:
     wanted = {
-        "web": ["page_viewed", "product_viewed", "cart_updated", "order_completed",
-                "order_refunded", "signed_up", "form_submitted"],
+        "web": [
+            "page_viewed",
+            "product_viewed",
+            "cart_updated",
+            "order_completed",
+            "order_refunded",
+            "signed_up",
+            "form_submitted",
+        ],
         "phone": ["call_completed", "sms_received"],
-        "email": ["sent", "delivered", "opened", "clicked", "bounced", "complained",
-                  "unsubscribed", "replied"],
+        "email": [
+            "sent",
+            "delivered",
+            "opened",
+            "clicked",
+            "bounced",
+            "complained",
+            "unsubscribed",
+            "replied",
+        ],
         "store": ["purchase"],
         "feedback": ["survey_answered"],
     }
@@ -61,9 +77,16 @@ def test_every_example_validates_and_survives_a_json_round_trip(document: dict[s
     ("change", "field", "reason_part"),
     [
         (lambda d: d["data"].update(identities={}), "data.identities", "at least one identifier"),
-        (lambda d: d["data"]["identities"].update(email="not-an-email"), "data.identities.email",
-         "not an email"),
-        (lambda d: d.update(type="crm.touchpoint.web.teleported"), "type", "not a known event type"),
+        (
+            lambda d: d["data"]["identities"].update(email="not-an-email"),
+            "data.identities.email",
+            "not an email",
+        ),
+        (
+            lambda d: d.update(type="crm.touchpoint.web.teleported"),
+            "type",
+            "not a known event type",
+        ),
         (lambda d: d.pop("type"), "type", "required"),
         (lambda d: d.pop("time"), "time", "required"),
         (lambda d: d.update(time="2026-11-20T10:15:00"), "time", "timezone"),

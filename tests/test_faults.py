@@ -55,11 +55,18 @@ async def test_a_consumer_killed_mid_flow_has_exactly_one_effect_after_restart(
     profile_db = await databases.create("profile")
     loyalty_db = await databases.create("loyalty")
     event = example_event("crm.touchpoint.store.purchase", event_id=str(uuid.uuid4()))
-    await produce(endpoints.bootstrap, TOUCHPOINTS.full_name(topic_prefix),
-                  [(b"customer_id:c-1001", json.dumps(event).encode())])
+    await produce(
+        endpoints.bootstrap,
+        TOUCHPOINTS.full_name(topic_prefix),
+        [(b"customer_id:c-1001", json.dumps(event).encode())],
+    )
 
-    profile = ServiceProcess("crm_profile", service_env(endpoints, topic_prefix, profile_db),
-                             free_port(), tmp_path / "profile.log")
+    profile = ServiceProcess(
+        "crm_profile",
+        service_env(endpoints, topic_prefix, profile_db),
+        free_port(),
+        tmp_path / "profile.log",
+    )
     processes.append(profile)
     profile.start(CRM_FAULT_CRASH_POINT=crash_point)
     assert await profile.wait_exit() == -signal.SIGKILL, profile.tail()
@@ -75,35 +82,56 @@ async def test_a_consumer_killed_mid_flow_has_exactly_one_effect_after_restart(
         # The offset was never committed: the record comes again and is skipped. (After an
         # outbox publish the offset may or may not have been committed before the kill.)
         await wait_until(
-            lambda: _async(profile.metric("crm_consumer_records_total",
-                                          consumer="profile.touchpoints", outcome="duplicate") == 1),
+            lambda: _async(
+                profile.metric(
+                    "crm_consumer_records_total",
+                    consumer="profile.touchpoints",
+                    outcome="duplicate",
+                )
+                == 1
+            ),
             timeout=90,  # the killed member's session must expire before the group rebalances
             what="the redelivered record to be skipped as a duplicate",
         )
-    await wait_until(lambda: _outbox_empty(profile_db), timeout=90, what="the outbox to be published")
+    await wait_until(
+        lambda: _outbox_empty(profile_db), timeout=90, what="the outbox to be published"
+    )
     assert await _scalar(profile_db, "SELECT count(*) FROM touchpoints") == 1
     assert await _scalar(profile_db, "SELECT version FROM profiles") == 1
 
-    resolved = values_of(await read_topic(endpoints.bootstrap,
-                                          TOUCHPOINTS_RESOLVED.full_name(topic_prefix), at_least=1))
-    snapshots = values_of(await read_topic(endpoints.bootstrap, PROFILES.full_name(topic_prefix),
-                                           at_least=1))
+    resolved = values_of(
+        await read_topic(
+            endpoints.bootstrap, TOUCHPOINTS_RESOLVED.full_name(topic_prefix), at_least=1
+        )
+    )
+    snapshots = values_of(
+        await read_topic(endpoints.bootstrap, PROFILES.full_name(topic_prefix), at_least=1)
+    )
     copies = 2 if crash_point == "after_outbox_publish" else 1  # published, then killed: again
     assert [v["id"] for v in resolved] == [event["id"]] * copies
     assert {v["data"]["version"] for v in snapshots} == {1}
     assert len({v["id"] for v in snapshots}) == 1, "a re-published snapshot keeps its id"
 
     # Downstream, every copy is one effect.
-    loyalty = ServiceProcess("crm_loyalty", service_env(endpoints, topic_prefix, loyalty_db),
-                             free_port(), tmp_path / "loyalty.log")
+    loyalty = ServiceProcess(
+        "crm_loyalty",
+        service_env(endpoints, topic_prefix, loyalty_db),
+        free_port(),
+        tmp_path / "loyalty.log",
+    )
     processes.append(loyalty)
     loyalty.start()
     await loyalty.wait_ready()
     await wait_until(
-        lambda: _async(loyalty.metric("crm_consumer_records_total", consumer="loyalty.touchpoints",
-                                      outcome="processed")
-                       + loyalty.metric("crm_consumer_records_total", consumer="loyalty.touchpoints",
-                                        outcome="duplicate") == copies),
+        lambda: _async(
+            loyalty.metric(
+                "crm_consumer_records_total", consumer="loyalty.touchpoints", outcome="processed"
+            )
+            + loyalty.metric(
+                "crm_consumer_records_total", consumer="loyalty.touchpoints", outcome="duplicate"
+            )
+            == copies
+        ),
         what="loyalty to read every copy",
     )
     assert await _scalar(loyalty_db, "SELECT touchpoints FROM accounts") == 1

@@ -42,8 +42,12 @@ async def platform(
     services: dict[str, ServiceProcess] = {}
     for name in ("ingest", "profile", "loyalty", "notify"):
         url = None if name == "ingest" else await databases.create(name)
-        services[name] = ServiceProcess(f"crm_{name}", service_env(endpoints, topic_prefix, url),
-                                        free_port(), tmp_path / f"{name}.log")
+        services[name] = ServiceProcess(
+            f"crm_{name}",
+            service_env(endpoints, topic_prefix, url),
+            free_port(),
+            tmp_path / f"{name}.log",
+        )
         services[name].start()
     try:
         for service in services.values():
@@ -58,33 +62,54 @@ async def test_a_cloudevent_posted_to_ingest_flows_through_all_four_services(
     platform: dict[str, ServiceProcess], endpoints: Endpoints, topic_prefix: str
 ) -> None:
     event = example_event("crm.touchpoint.web.page_viewed", event_id=str(uuid.uuid4()))
-    event["data"]["identities"] = {"anonymous_id": f"a-{uuid.uuid4().hex[:6]}",
-                                   "email": f"Flow.{uuid.uuid4().hex[:6]}@Example.org"}
+    event["data"]["identities"] = {
+        "anonymous_id": f"a-{uuid.uuid4().hex[:6]}",
+        "email": f"Flow.{uuid.uuid4().hex[:6]}@Example.org",
+    }
     email = event["data"]["identities"]["email"].lower()
     async with httpx.AsyncClient(timeout=10) as http:
-        answer = await http.post(f"{platform['ingest'].url}/v1/events", content=json.dumps(event),
-                                 headers={**CE_JSON, **basic(WRITE_KEY)})
+        answer = await http.post(
+            f"{platform['ingest'].url}/v1/events",
+            content=json.dumps(event),
+            headers={**CE_JSON, **basic(WRITE_KEY)},
+        )
         assert answer.status_code == 202, answer.text
         assert answer.json() == {"id": event["id"], "status": "accepted"}
 
         async def profile_found() -> httpx.Response | None:
-            found = await http.get(f"{platform['profile'].url}/v1/profiles",
-                                   params={"email": email.upper()}, headers=ADMIN)
+            found = await http.get(
+                f"{platform['profile'].url}/v1/profiles",
+                params={"email": email.upper()},
+                headers=ADMIN,
+            )
             return found if found.status_code == 200 else None
 
         found = await wait_until(profile_found, timeout=30, what="the profile behind the email")
+        assert found is not None
         profile = found.json()
         assert {"kind": "email", "value": email} in profile["identifiers"]
-        assert {"kind": "anonymous_id", "value": event["data"]["identities"]["anonymous_id"]} in profile["identifiers"]
-        by_id = await http.get(f"{platform['profile'].url}/v1/profiles/{profile['profile_id']}", headers=ADMIN)
+        assert {
+            "kind": "anonymous_id",
+            "value": event["data"]["identities"]["anonymous_id"],
+        } in profile["identifiers"]
+        by_id = await http.get(
+            f"{platform['profile'].url}/v1/profiles/{profile['profile_id']}", headers=ADMIN
+        )
         assert by_id.json() == profile
-        anonymous = await http.get(f"{platform['profile'].url}/v1/profiles", headers=ADMIN,
-                                   params={"anonymous_id": event["data"]["identities"]["anonymous_id"]})
+        anonymous = await http.get(
+            f"{platform['profile'].url}/v1/profiles",
+            headers=ADMIN,
+            params={"anonymous_id": event["data"]["identities"]["anonymous_id"]},
+        )
         assert anonymous.json()["profile_id"] == profile["profile_id"]
 
-    touchpoints = values_of(await read_topic(endpoints.bootstrap, TOUCHPOINTS.full_name(topic_prefix), at_least=1))
+    touchpoints = values_of(
+        await read_topic(endpoints.bootstrap, TOUCHPOINTS.full_name(topic_prefix), at_least=1)
+    )
     assert [t["id"] for t in touchpoints] == [event["id"]]
-    snapshots = values_of(await read_topic(endpoints.bootstrap, PROFILES.full_name(topic_prefix), at_least=1))
+    snapshots = values_of(
+        await read_topic(endpoints.bootstrap, PROFILES.full_name(topic_prefix), at_least=1)
+    )
     assert snapshots[-1]["data"]["profile_id"] == profile["profile_id"]
     assert snapshots[-1]["data"]["change"] == ["created", "activity"]
 
@@ -95,16 +120,29 @@ async def test_a_cloudevent_posted_to_ingest_flows_through_all_four_services(
         loyalty = await asyncpg.connect(loyalty_db)
         notify = await asyncpg.connect(notify_db)
         try:
-            counted = await loyalty.fetchval("SELECT touchpoints FROM accounts WHERE profile_id = $1", profile["profile_id"])
-            seen = await notify.fetchval("SELECT profile_id FROM touchpoints_seen WHERE event_id = $1", event["id"])
-            replicas = [await db.fetchval("SELECT version FROM profile_replica WHERE profile_id = $1", profile["profile_id"])
-                        for db in (loyalty, notify)]
+            counted = await loyalty.fetchval(
+                "SELECT touchpoints FROM accounts WHERE profile_id = $1", profile["profile_id"]
+            )
+            seen = await notify.fetchval(
+                "SELECT profile_id FROM touchpoints_seen WHERE event_id = $1", event["id"]
+            )
+            replicas = [
+                await db.fetchval(
+                    "SELECT version FROM profile_replica WHERE profile_id = $1",
+                    profile["profile_id"],
+                )
+                for db in (loyalty, notify)
+            ]
         finally:
             await loyalty.close()
             await notify.close()
         return counted == 1 and seen == profile["profile_id"] and replicas == [1, 1]
 
-    await wait_until(recorded_downstream, timeout=30, what="loyalty and notify to record the touchpoint and the profile")
+    await wait_until(
+        recorded_downstream,
+        timeout=30,
+        what="loyalty and notify to record the touchpoint and the profile",
+    )
 
 
 async def test_each_service_reports_health_readiness_and_metrics(
@@ -129,26 +167,42 @@ async def test_ingest_refuses_bad_requests_precisely(platform: dict[str, Service
         assert no_key.headers["content-type"] == "application/problem+json"
         wrong_key = await http.post(url, content=good, headers={**CE_JSON, **basic("nope")})
         assert wrong_key.status_code == 401
-        bearer = await http.post(url, content=good, headers={**CE_JSON, "Authorization": f"Bearer {WRITE_KEY}"})
+        bearer = await http.post(
+            url, content=good, headers={**CE_JSON, "Authorization": f"Bearer {WRITE_KEY}"}
+        )
         assert bearer.status_code == 202
-        text = await http.post(url, content=good, headers={"Content-Type": "text/plain", **basic(WRITE_KEY)})
+        text = await http.post(
+            url, content=good, headers={"Content-Type": "text/plain", **basic(WRITE_KEY)}
+        )
         assert text.status_code == 415
         broken = await http.post(url, content=good[:-5], headers={**CE_JSON, **basic(WRITE_KEY)})
         assert broken.status_code == 422
         assert "invalid JSON" in broken.json()["errors"][0]["reason"]
         invalid = json.loads(good)
         invalid["data"]["identities"] = {}
-        invalid_answer = await http.post(url, content=json.dumps(invalid), headers={**CE_JSON, **basic(WRITE_KEY)})
+        invalid_answer = await http.post(
+            url, content=json.dumps(invalid), headers={**CE_JSON, **basic(WRITE_KEY)}
+        )
         assert invalid_answer.status_code == 422
         assert invalid_answer.json()["errors"] == [
-            {"field": "data.identities",
-             "reason": "at least one identifier is required: customer_id, email, phone, device_id, anonymous_id"}
+            {
+                "field": "data.identities",
+                "reason": "at least one identifier is required: "
+                "customer_id, email, phone, device_id, anonymous_id",
+            }
         ]
-        huge = await http.post(url, content=b"x" * (600 * 1024), headers={**CE_JSON, **basic(WRITE_KEY)})
+        huge = await http.post(
+            url, content=b"x" * (600 * 1024), headers={**CE_JSON, **basic(WRITE_KEY)}
+        )
         assert huge.status_code == 413
         assert "limit is" in huge.json()["detail"]
-        profile_api = await http.get(f"{platform['profile'].url}/v1/profiles", params={"email": "a@b.co"})
+        profile_api = await http.get(
+            f"{platform['profile'].url}/v1/profiles", params={"email": "a@b.co"}
+        )
         assert profile_api.status_code == 401
-        two = await http.get(f"{platform['profile'].url}/v1/profiles", headers=ADMIN,
-                             params={"email": "a@b.co", "phone": "+37060000000"})
+        two = await http.get(
+            f"{platform['profile'].url}/v1/profiles",
+            headers=ADMIN,
+            params={"email": "a@b.co", "phone": "+37060000000"},
+        )
         assert two.status_code == 400

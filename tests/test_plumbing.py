@@ -31,11 +31,26 @@ async def test_migrations_apply_on_an_empty_database_and_reapply_as_a_no_op(
     assert first == ["plumbing/0001_plumbing", "profile/0001_init"]
     conn = await asyncpg.connect(url)
     try:
-        tables = {r["tablename"] for r in await conn.fetch("SELECT tablename FROM pg_tables WHERE schemaname = 'public'")}
-        assert {"processed_events", "outbox", "profiles", "identifiers", "touchpoints", "schema_migrations"} <= tables
+        tables = {
+            r["tablename"]
+            for r in await conn.fetch("SELECT tablename FROM pg_tables WHERE schemaname = 'public'")
+        }
+        assert {
+            "processed_events",
+            "outbox",
+            "profiles",
+            "identifiers",
+            "touchpoints",
+            "schema_migrations",
+        } <= tables
         assert await apply_migrations(conn, profile_migrations()) == []
         changed = profile_migrations()
-        changed[-1] = type(changed[-1])(changed[-1].track, changed[-1].version, changed[-1].name, changed[-1].sql + "\n-- edited")
+        changed[-1] = type(changed[-1])(
+            changed[-1].track,
+            changed[-1].version,
+            changed[-1].name,
+            changed[-1].sql + "\n-- edited",
+        )
         with pytest.raises(MigrationError, match="changed after it was applied"):
             await apply_migrations(conn, changed)
     finally:
@@ -46,8 +61,9 @@ async def test_every_event_type_round_trips_through_the_real_broker(
     endpoints: Endpoints, topic_prefix: str
 ) -> None:
     topic = TOUCHPOINTS.full_name(topic_prefix)
-    settings = ServiceSettings(kafka_bootstrap=endpoints.bootstrap,
-                               kafka_enable_idempotence=endpoints.idempotence)
+    settings = ServiceSettings(
+        kafka_bootstrap=endpoints.bootstrap, kafka_enable_idempotence=endpoints.idempotence
+    )
     producer = create_producer(settings)
     await producer.start()
     sent = {}
@@ -56,9 +72,14 @@ async def test_every_event_type_round_trips_through_the_real_broker(
         for document in all_examples():
             event: Any = TOUCHPOINT_ADAPTER.validate_json(json.dumps(document))
             sent[event.id] = event
-            records.append(OutgoingRecord(topic, event.data.identities.strongest().encode(),
-                                          event.model_dump_json(exclude_none=True).encode(),
-                                          {"content-type": CLOUDEVENTS_CONTENT_TYPE}))
+            records.append(
+                OutgoingRecord(
+                    topic,
+                    event.data.identities.strongest().encode(),
+                    event.model_dump_json(exclude_none=True).encode(),
+                    {"content-type": CLOUDEVENTS_CONTENT_TYPE},
+                )
+            )
         await publish_all(producer, records)
     finally:
         await producer.stop()
@@ -72,14 +93,20 @@ async def test_every_event_type_round_trips_through_the_real_broker(
 
 
 def _profile_settings(endpoints: Endpoints, prefix: str, url: str) -> ProfileSettings:
-    return ProfileSettings(**{k.removeprefix("CRM_").lower(): v for k, v in
-                              service_env(endpoints, prefix, url).items()})
+    """Settings as the service would read them from this test's environment."""
+    env = service_env(endpoints, prefix, url)
+    fields: dict[str, Any] = {k.removeprefix("CRM_").lower(): v for k, v in env.items()}
+    return ProfileSettings.model_validate(fields)
 
 
 def _count(consumer: str, outcome: str) -> float:
-    return REGISTRY.get_sample_value(
-        "crm_consumer_records_total", {"service": "profile", "consumer": consumer, "outcome": outcome}
-    ) or 0.0
+    return (
+        REGISTRY.get_sample_value(
+            "crm_consumer_records_total",
+            {"service": "profile", "consumer": consumer, "outcome": outcome},
+        )
+        or 0.0
+    )
 
 
 async def test_the_same_event_delivered_twice_has_one_effect(
@@ -97,7 +124,9 @@ async def test_the_same_event_delivered_twice_has_one_effect(
             lambda: _async(_count("profile.touchpoints", "duplicate") > duplicates_before),
             what="the second delivery to be recognised as a duplicate",
         )
-        resolved = await read_topic(endpoints.bootstrap, TOUCHPOINTS_RESOLVED.full_name(topic_prefix), at_least=1)
+        resolved = await read_topic(
+            endpoints.bootstrap, TOUCHPOINTS_RESOLVED.full_name(topic_prefix), at_least=1
+        )
 
     conn = await asyncpg.connect(url)
     try:
@@ -124,17 +153,25 @@ async def test_a_poison_record_is_dead_lettered_with_its_reason_and_the_partitio
     no_identity["data"]["identities"] = {}
     good = example_event("crm.touchpoint.web.page_viewed", event_id=str(uuid.uuid4()))
     # One key, so all three land on one partition in this order.
-    await produce(endpoints.bootstrap, topic, [
-        (b"same-key", bad_json),
-        (b"same-key", json.dumps(no_identity).encode()),
-        (b"same-key", json.dumps(good).encode()),
-    ])
+    await produce(
+        endpoints.bootstrap,
+        topic,
+        [
+            (b"same-key", bad_json),
+            (b"same-key", json.dumps(no_identity).encode()),
+            (b"same-key", json.dumps(good).encode()),
+        ],
+    )
 
     async with running(build_profile(_profile_settings(endpoints, topic_prefix, url))) as service:
         pool = service.app.state.runtime.db
 
         async def good_one_stored() -> bool:
-            return bool(await pool.fetchval("SELECT count(*) FROM touchpoints WHERE event_id = $1", good["id"]))
+            return bool(
+                await pool.fetchval(
+                    "SELECT count(*) FROM touchpoints WHERE event_id = $1", good["id"]
+                )
+            )
 
         await wait_until(good_one_stored, what="the record after the poison to be processed")
 
@@ -143,9 +180,11 @@ async def test_a_poison_record_is_dead_lettered_with_its_reason_and_the_partitio
     first, second = sorted(dead, key=lambda r: int(dict(r.headers)["source_offset"]))
     h1 = {k: v.decode() for k, v in first.headers}
     h2 = {k: v.decode() for k, v in second.headers}
-    assert first.value == bad_json and first.key == b"same-key"
+    assert first.value == bad_json
+    assert first.key == b"same-key"
     assert "invalid JSON" in h1["error"]
-    assert h1["source_topic"] == topic and h1["service"] == "profile"
+    assert h1["source_topic"] == topic
+    assert h1["service"] == "profile"
     assert {"source_partition", "source_offset", "time", "error_class", "attempts"} <= h1.keys()
     assert "data.identities: at least one identifier is required" in h2["error"]
     assert second.value == json.dumps(no_identity).encode()

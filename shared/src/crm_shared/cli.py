@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import sys
 from pathlib import Path
 
-from crm_shared.database import migrate, plumbing_migrations
+from crm_shared.database import migrate
 from crm_shared.installed import installed_services, service
 from crm_shared.kafka import create_topics
+from crm_shared.logging import configure_logging
 from crm_shared.settings import ServiceSettings
 from crm_shared.specs import generated_files
 
@@ -33,8 +35,14 @@ def _migrate(args: argparse.Namespace) -> int:
     if descriptor.migrations is None:
         print(f"{descriptor.name} is stateless: nothing to migrate")
         return 0
-    url = args.database_url or descriptor.settings().database_url
-    applied = asyncio.run(migrate(url, plumbing_migrations() + descriptor.migrations()))
+    # The URL alone is needed: building the service's whole settings would also demand its
+    # production secrets (API tokens, write keys) just to migrate.
+    url = (
+        args.database_url
+        or os.environ.get("CRM_DATABASE_URL")
+        or descriptor.settings.model_fields["database_url"].default
+    )
+    applied = asyncio.run(migrate(url, descriptor.migrations()))
     print(f"{descriptor.name}: applied {', '.join(applied) if applied else 'nothing (up to date)'}")
     return 0
 
@@ -65,12 +73,14 @@ def main(argv: list[str] | None = None) -> int:
 
     topics = sub.add_parser("create-topics", help="create the topic registry's topics (idempotent)")
     topics.add_argument("--partitions", type=int, help="default: CRM_TOPIC_PARTITIONS")
-    topics.add_argument("--replication-factor", type=int, help="default: CRM_TOPIC_REPLICATION_FACTOR")
+    topics.add_argument(
+        "--replication-factor", type=int, help="default: CRM_TOPIC_REPLICATION_FACTOR"
+    )
     topics.set_defaults(run=_topics)
 
     mig = sub.add_parser("migrate", help="apply a service's SQL migrations (idempotent)")
     mig.add_argument("service", help="ingest, profile, loyalty or notify")
-    mig.add_argument("--database-url", help="default: the service's CRM_DATABASE_URL")
+    mig.add_argument("--database-url", help="default: CRM_DATABASE_URL, else the service's default")
     mig.set_defaults(run=_migrate)
 
     docs = sub.add_parser("docs", help="write docs/ and README tables generated from the code")
@@ -79,6 +89,7 @@ def main(argv: list[str] | None = None) -> int:
     docs.set_defaults(run=_docs)
 
     args = parser.parse_args(argv)
+    configure_logging(os.environ.get("CRM_LOG_LEVEL", "warning"))
     try:
         code: int = args.run(args)
     except (LookupError, OSError, RuntimeError, ValueError) as exc:

@@ -30,11 +30,12 @@ from pydantic import ValidationError
 
 from crm_shared.contracts.topics import DEADLETTER
 from crm_shared.contracts.touchpoints import TOUCHPOINT_ADAPTER
+from crm_shared.database import DbConnection
 from crm_shared.errors import summary
 from crm_shared.kafka import OutgoingRecord, publish_all
 from crm_shared.logging import get_logger
 from crm_shared.outbox import OutboxRelay, write_outbox
-from crm_shared.settings import ServiceSettings
+from crm_shared.settings import StatefulSettings
 
 log = get_logger(__name__)
 
@@ -72,7 +73,7 @@ class Received(Generic[E]):
 
 
 Decode = Callable[[ConsumerRecord[bytes, bytes]], Received[E]]
-Apply = Callable[[asyncpg.Connection, E], Awaitable[Sequence[OutgoingRecord]]]
+Apply = Callable[[DbConnection, E], Awaitable[Sequence[OutgoingRecord]]]
 
 
 class IdempotentConsumer(Generic[E]):
@@ -86,7 +87,7 @@ class IdempotentConsumer(Generic[E]):
         pool: asyncpg.Pool,
         producer: AIOKafkaProducer,
         relay: OutboxRelay,
-        settings: ServiceSettings,
+        settings: StatefulSettings,
     ) -> None:
         self.name = name
         self.topic = topic
@@ -102,7 +103,7 @@ class IdempotentConsumer(Generic[E]):
         """Register with FastStream: offsets are committed only after `handle` returns."""
 
         async def on_message(message: KafkaMessage) -> None:
-            await self.handle(message.raw_message)  # type: ignore[arg-type]
+            await self.handle(message.raw_message)
 
         broker.subscriber(
             self.topic,
@@ -127,16 +128,25 @@ class IdempotentConsumer(Generic[E]):
             try:
                 fresh = await self._apply_once(received)
             except UNAVAILABLE as exc:
-                log.warning("dependency unavailable; record will be retried", consumer=self.name,
-                            error_class=type(exc).__name__, offset=record.offset)
+                log.warning(
+                    "dependency unavailable; record will be retried",
+                    consumer=self.name,
+                    error_class=type(exc).__name__,
+                    offset=record.offset,
+                )
                 await asyncio.sleep(delay)
                 raise
             except Exception as exc:  # the record's own failure: bounded tries, then dead letter
                 if attempt == attempts:
-                    log.error("record failed; dead-lettered", consumer=self.name,
-                              event_id=received.event_id, error_class=type(exc).__name__)
-                    await self._dead_letter(record, str(exc) or repr(exc), type(exc).__name__,
-                                            attempts=attempt)
+                    log.error(
+                        "record failed; dead-lettered",
+                        consumer=self.name,
+                        event_id=received.event_id,
+                        error_class=type(exc).__name__,
+                    )
+                    await self._dead_letter(
+                        record, str(exc) or repr(exc), type(exc).__name__, attempts=attempt
+                    )
                     return
                 RECORDS.labels(self._settings.service_name, self.name, "retried").inc()
                 await asyncio.sleep(delay * 2 ** (attempt - 1))
@@ -159,7 +169,9 @@ class IdempotentConsumer(Generic[E]):
                 return False
             await write_outbox(conn, await self._apply(conn, received.event))
         if self._settings.fault_crash_point == "after_db_commit":
-            log.warning("fault injection: SIGKILL after database commit", event_id=received.event_id)
+            log.warning(
+                "fault injection: SIGKILL after database commit", event_id=received.event_id
+            )
             os.kill(os.getpid(), signal.SIGKILL)
         self._relay.wake()
         return True
@@ -187,8 +199,14 @@ class IdempotentConsumer(Generic[E]):
             [OutgoingRecord(self._deadletter_topic, record.key, record.value, headers)],
         )
         RECORDS.labels(self._settings.service_name, self.name, "dead_lettered").inc()
-        log.warning("record dead-lettered", consumer=self.name, topic=record.topic,
-                    partition=record.partition, offset=record.offset, error_class=error_class)
+        log.warning(
+            "record dead-lettered",
+            consumer=self.name,
+            topic=record.topic,
+            partition=record.partition,
+            offset=record.offset,
+            error_class=error_class,
+        )
 
 
 def decode_json_event(adapter: Any) -> Decode[Any]:

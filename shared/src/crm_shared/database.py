@@ -10,10 +10,14 @@ from importlib import resources
 from typing import Any
 
 import asyncpg
+from asyncpg.pool import PoolConnectionProxy
 
 from crm_shared.logging import get_logger
 
 log = get_logger(__name__)
+
+# What a query runs on: a plain connection, or one borrowed from the pool.
+DbConnection = asyncpg.Connection | PoolConnectionProxy
 
 _MIGRATION_FILE = re.compile(r"^(\d{4})_([a-z0-9_]+)\.sql$")
 # Any constant will do; it only has to be the same in every instance of every service.
@@ -65,7 +69,7 @@ class MigrationError(RuntimeError):
     pass
 
 
-async def apply_migrations(conn: asyncpg.Connection, migrations: list[Migration]) -> list[str]:
+async def apply_migrations(conn: DbConnection, migrations: list[Migration]) -> list[str]:
     """Apply what is new, each file in its own transaction; re-running is a no-op.
 
     A session advisory lock makes concurrent starts of several instances safe. An applied file

@@ -85,6 +85,15 @@ async def ping(producer: AIOKafkaProducer, timeout: float = 2.0) -> bool:
     return True
 
 
+def topic_configs(topic: Topic, replication_factor: int) -> dict[str, str]:
+    """Per-topic configuration: the cleanup policy, and with three or more replicas an
+    acknowledged write must reach two of them (acks=all then survives one broker loss)."""
+    configs = {"cleanup.policy": topic.cleanup_policy}
+    if replication_factor >= 3:
+        configs["min.insync.replicas"] = "2"
+    return configs
+
+
 class TopicCreationError(RuntimeError):
     pass
 
@@ -111,7 +120,7 @@ async def create_topics(
                     name=topic.full_name(prefix),
                     num_partitions=partitions,
                     replication_factor=replication_factor,
-                    topic_configs={"cleanup.policy": topic.cleanup_policy},
+                    topic_configs=topic_configs(topic, replication_factor),
                 )
                 for topic in wanted
             ]
@@ -122,7 +131,9 @@ async def create_topics(
             if code == 0:
                 created.append(name)
             elif code != TopicAlreadyExistsError.errno:
-                failures.append(f"{name}: {for_code(code).__name__} {message[0] if message else ''}")
+                failures.append(
+                    f"{name}: {for_code(code).__name__} {message[0] if message else ''}"
+                )
         if failures:
             raise TopicCreationError("; ".join(failures))
         if created:

@@ -10,6 +10,7 @@ drop the copies.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 from collections.abc import Iterable, Sequence
@@ -20,6 +21,7 @@ from aiokafka import AIOKafkaProducer
 from prometheus_client import Counter
 
 from crm_shared.contracts.envelope import CloudEvent
+from crm_shared.database import DbConnection
 from crm_shared.kafka import CLOUDEVENTS_CONTENT_TYPE, OutgoingRecord, publish_all
 from crm_shared.logging import get_logger
 
@@ -42,7 +44,7 @@ def event_record(topic: str, key: str | None, event: CloudEvent[Any]) -> Outgoin
     )
 
 
-async def write_outbox(conn: asyncpg.Connection, records: Sequence[OutgoingRecord]) -> None:
+async def write_outbox(conn: DbConnection, records: Sequence[OutgoingRecord]) -> None:
     """Queue records for the relay; call inside the transaction that made them true."""
     if records:
         await conn.executemany(
@@ -83,10 +85,8 @@ class OutboxRelay:
         """Stop polling, then publish what is left once, so a clean shutdown leaves no row."""
         if self._task is not None:
             self._task.cancel()
-            try:
+            with contextlib.suppress(asyncio.CancelledError):
                 await self._task
-            except asyncio.CancelledError:
-                pass
             self._task = None
         try:
             await self.publish_pending()
@@ -96,10 +96,8 @@ class OutboxRelay:
     async def _run(self) -> None:
         backoff = self._poll_interval_s
         while True:
-            try:
+            with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wakeup.wait(), self._poll_interval_s)
-            except TimeoutError:
-                pass
             self._wakeup.clear()
             try:
                 while await self.publish_pending() == self._batch_size:
@@ -127,7 +125,9 @@ class OutboxRelay:
             if self._crash_after_publish:
                 log.warning("fault injection: SIGKILL after outbox publish")
                 os.kill(os.getpid(), signal.SIGKILL)
-            await conn.execute("DELETE FROM outbox WHERE id = ANY($1::bigint[])", [r["id"] for r in rows])
+            await conn.execute(
+                "DELETE FROM outbox WHERE id = ANY($1::bigint[])", [r["id"] for r in rows]
+            )
         OUTBOX_PUBLISHED.labels(self._service).inc(len(rows))
         return len(rows)
 

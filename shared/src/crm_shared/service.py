@@ -5,6 +5,7 @@ that never records query strings (they can hold emails and phone numbers)."""
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -26,9 +27,12 @@ from crm_shared.kafka import create_broker, create_producer, ping
 from crm_shared.logging import configure_logging, get_logger
 from crm_shared.outbox import OutboxRelay
 from crm_shared.problems import install_problem_handlers
-from crm_shared.settings import ServiceSettings
+from crm_shared.settings import ServiceSettings, StatefulSettings
 
 log = get_logger(__name__)
+
+# Probes and scrapes come every few seconds; they are logged at debug level only.
+QUIET_ROUTES = frozenset({"/healthz", "/readyz", "/metrics"})
 
 HTTP_LATENCY = Histogram(
     "crm_http_request_duration_seconds",
@@ -81,7 +85,8 @@ class AccessLog(BaseHTTPMiddleware):
         HTTP_LATENCY.labels(self._service, request.method, route, response.status_code).observe(
             elapsed
         )
-        self._log.info(
+        self._log.log(
+            logging.DEBUG if route in QUIET_ROUTES else logging.INFO,
             "request",
             method=request.method,
             route=route,
@@ -130,8 +135,9 @@ class Service:
         install_problem_handlers(self.app)
         self._add_operational_routes()
 
-    def consume(self, name: str, topic: Topic, decode: Decode[Any],
-                apply: Callable[[Runtime], Apply[Any]]) -> None:
+    def consume(
+        self, name: str, topic: Topic, decode: Decode[Any], apply: Callable[[Runtime], Apply[Any]]
+    ) -> None:
         """Read `topic` with the idempotent consumer; `apply` builds the effect function."""
         self._consumer_specs.append(ConsumerSpec(name, topic, decode, apply))
 
@@ -140,21 +146,24 @@ class Service:
         settings = self.settings
         configure_logging(settings.log_level, settings.log_json)
         pool: asyncpg.Pool | None = None
+        stateful = settings if isinstance(settings, StatefulSettings) else None
         if self._migrations is not None:
-            pool = await create_pool(settings.database_url, settings.database_pool_size)
-            if settings.migrate_on_start:
+            if stateful is None:
+                raise TypeError("a service with migrations needs StatefulSettings")
+            pool = await create_pool(stateful.database_url, stateful.database_pool_size)
+            if stateful.migrate_on_start:
                 async with pool.acquire() as conn:
                     await apply_migrations(conn, self._migrations)
         producer = await _start_producer(settings)
         runtime = Runtime(settings=settings, producer=producer, pool=pool)
         broker = create_broker(settings)
-        if pool is not None:
+        if pool is not None and stateful is not None:
             runtime.relay = OutboxRelay(
                 pool,
                 producer,
                 service=settings.service_name,
-                batch_size=settings.outbox_batch_size,
-                poll_interval_s=settings.outbox_poll_interval_s,
+                batch_size=stateful.outbox_batch_size,
+                poll_interval_s=stateful.outbox_poll_interval_s,
                 crash_after_publish=settings.fault_crash_point == "after_outbox_publish",
             )
             runtime.relay.start()
@@ -167,14 +176,20 @@ class Service:
                     pool=pool,
                     producer=producer,
                     relay=runtime.relay,
-                    settings=settings,
+                    settings=stateful,
                 )
-                consumer.subscribe(broker, group_id=f"{settings.topic_prefix}crm-{settings.service_name}")
+                consumer.subscribe(
+                    broker, group_id=f"{settings.topic_prefix}crm-{settings.service_name}"
+                )
                 runtime.consumers.append(consumer)
         app.state.runtime = runtime
         await broker.start()
-        log.info("service started", service=settings.service_name, port=settings.http_port,
-                 consumers=[c.name for c in runtime.consumers])
+        log.info(
+            "service started",
+            service=settings.service_name,
+            port=settings.http_port,
+            consumers=[c.name for c in runtime.consumers],
+        )
         try:
             yield
         finally:

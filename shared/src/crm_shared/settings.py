@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated, ClassVar, Literal
 
 from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 # Development defaults: used by `make up` and the docs, refused when CRM_ENV=production.
 DEV_WRITE_KEY = "dev-write-key"
-DEV_ADMIN_TOKEN = "dev-admin-token"
+DEV_ADMIN_TOKEN = "dev-admin-token"  # noqa: S105 (documented development default)
 
 
 class ServiceSettings(BaseSettings):
@@ -20,7 +20,7 @@ class ServiceSettings(BaseSettings):
     env: Literal["development", "production"] = Field(
         default="development", description="`production` refuses the development defaults"
     )
-    service_name: str = Field(default="crm", description="set by each service")
+    service_name: ClassVar[str] = "crm"
     http_host: str = Field(default="127.0.0.1", description="address the HTTP server binds")
     http_port: int = Field(default=8000, ge=1, le=65535, description="HTTP port")
     kafka_bootstrap: str = Field(
@@ -31,7 +31,9 @@ class ServiceSettings(BaseSettings):
         description="idempotent producer; on for Apache Kafka, off for the local broker "
         "(Tansu answers InitProducerId with an error)",
     )
-    kafka_request_timeout_ms: int = Field(default=30_000, ge=1000, description="producer request timeout")
+    kafka_request_timeout_ms: int = Field(
+        default=30_000, ge=1000, description="producer request timeout"
+    )
     topic_prefix: str = Field(
         default="", description="prefix of every topic name (tests and shared clusters)"
     )
@@ -39,6 +41,28 @@ class ServiceSettings(BaseSettings):
     topic_replication_factor: int = Field(
         default=1, ge=1, description="replication factor of created topics (3 in production)"
     )
+    log_level: Literal["debug", "info", "warning", "error"] = Field(
+        default="info", description="lowest level logged"
+    )
+    log_json: bool | None = Field(
+        default=None, description="JSON logs; by default JSON unless stderr is a terminal"
+    )
+    fault_crash_point: Literal["after_db_commit", "after_outbox_publish"] | None = Field(
+        default=None,
+        description="test hook: SIGKILL this process at that point of the next record "
+        "(refused in production)",
+    )
+
+    @model_validator(mode="after")
+    def _production_refuses_test_hooks(self) -> ServiceSettings:
+        if self.env == "production" and self.fault_crash_point is not None:
+            raise ValueError("CRM_FAULT_CRASH_POINT is a test hook and is refused in production")
+        return self
+
+
+class StatefulSettings(ServiceSettings):
+    """Services with their own database, consumers and outbox."""
+
     database_url: str = Field(
         default="postgresql://postgres@127.0.0.1:5433/postgres",
         description="PostgreSQL URL of this service's own database",
@@ -57,24 +81,9 @@ class ServiceSettings(BaseSettings):
         default=0.5, gt=0, description="how often the relay looks for unpublished outbox rows"
     )
     outbox_batch_size: int = Field(default=500, ge=1, description="outbox rows published per round")
-    log_level: Literal["debug", "info", "warning", "error"] = "info"
-    log_json: bool | None = Field(
-        default=None, description="JSON logs; by default JSON unless stderr is a terminal"
-    )
-    fault_crash_point: Literal["after_db_commit", "after_outbox_publish"] | None = Field(
-        default=None,
-        description="test hook: SIGKILL this process at that point of the next record "
-        "(refused in production)",
-    )
-
-    @model_validator(mode="after")
-    def _production_refuses_test_hooks(self) -> ServiceSettings:
-        if self.env == "production" and self.fault_crash_point is not None:
-            raise ValueError("CRM_FAULT_CRASH_POINT is a test hook and is refused in production")
-        return self
 
 
-class ApiSettings(ServiceSettings):
+class ApiSettings(StatefulSettings):
     """Services with an authenticated read API."""
 
     api_tokens: Annotated[list[SecretStr], NoDecode] = Field(

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -110,39 +111,46 @@ def _default(info: FieldInfo) -> str:
         value = info.default
     if value is None:
         return ""
+    if value == "":
+        return "(empty)"
     if isinstance(value, bool):
         return str(value).lower()
     return f"`{value}`"
 
 
-def settings_table(classes: list[tuple[str, type[BaseModel]]]) -> str:
-    """One row per environment variable; a service's own fields after the shared ones."""
+def settings_table(classes: Sequence[tuple[str, type[BaseModel]]]) -> str:
+    """One row per environment variable, naming the services that read it and, where they
+    differ, each service's default."""
     lines = ["| variable | used by | default | meaning |", "|---|---|---|---|"]
-    rows: dict[str, list[str]] = {}
+    rows: dict[str, tuple[list[str], dict[str, str], str]] = {}
     for used_by, cls in classes:
         for name, info in cls.model_fields.items():
-            var = f"CRM_{name.upper()}"
-            if var in rows:
-                if used_by not in rows[var][1]:
-                    rows[var][1] += f", {used_by}"
-                continue
-            rows[var] = [var, used_by, _default(info), (info.description or "").replace("|", "/")]
-    for var, (name, used_by, default, meaning) in rows.items():
-        lines.append(f"| `{name}` | {used_by} | {default} | {meaning} |")
+            services, defaults, meaning = rows.setdefault(
+                f"CRM_{name.upper()}", ([], {}, (info.description or "").replace("|", "/"))
+            )
+            services.append(used_by)
+            defaults[used_by] = _default(info)
+    for var, (services, defaults, meaning) in rows.items():
+        used_by = "all" if len(services) == len(classes) else ", ".join(services)
+        if len(set(defaults.values())) == 1:
+            default = next(iter(defaults.values()))
+        else:
+            default = "; ".join(f"{svc}: {value}" for svc, value in defaults.items())
+        lines.append(f"| `{var}` | {used_by} | {default} | {meaning} |")
     return "\n".join(lines)
 
 
 def replace_section(text: str, marker: str, body: str) -> str:
     """Replace what stands between `<!-- marker:start -->` and `<!-- marker:end -->`."""
-    pattern = re.compile(
-        rf"(<!-- {marker}:start -->\n).*?(\n<!-- {marker}:end -->)", flags=re.DOTALL
-    )
+    pattern = re.compile(rf"(<!-- {marker}:start -->\n).*?(<!-- {marker}:end -->)", flags=re.DOTALL)
     if not pattern.search(text):
         raise ValueError(f"the section markers of {marker!r} are missing")
-    return pattern.sub(lambda m: m[1] + body + m[2], text)
+    return pattern.sub(lambda m: m[1] + body + "\n" + m[2], text)
 
 
-def generated_files(root: Path, settings_classes: list[tuple[str, type[BaseModel]]]) -> dict[Path, str]:
+def generated_files(
+    root: Path, settings_classes: Sequence[tuple[str, type[BaseModel]]]
+) -> dict[Path, str]:
     """Every generated file and its expected text (README with its sections replaced)."""
     files: dict[Path, str] = {}
     for name, schema in contract_schemas().items():

@@ -70,8 +70,12 @@ def _settings(request: Request) -> IngestSettings:
         }
     },
     responses={
-        202: {"description": "acknowledged by the broker",
-              "content": {"application/json": {"example": {"id": "9f1c2d3e-web-0001", "status": "accepted"}}}},
+        202: {
+            "description": "acknowledged by the broker",
+            "content": {
+                "application/json": {"example": {"id": "9f1c2d3e-web-0001", "status": "accepted"}}
+            },
+        },
         401: {"description": "no or unknown write key"},
         413: {"description": "body larger than CRM_MAX_BODY_BYTES"},
         415: {"description": "not application/cloudevents+json or application/json"},
@@ -89,7 +93,9 @@ async def post_event(request: Request) -> JSONResponse:
     body = await request.body()
     if len(body) > settings.max_body_bytes:
         REJECTED.labels("too_large").inc()
-        return problem(413, f"the body is {len(body)} bytes; the limit is {settings.max_body_bytes}")
+        return problem(
+            413, f"the body is {len(body)} bytes; the limit is {settings.max_body_bytes}"
+        )
     try:
         event: Any = TOUCHPOINT_ADAPTER.validate_json(body)
     except ValidationError as exc:
@@ -97,8 +103,11 @@ async def post_event(request: Request) -> JSONResponse:
         return problem(422, "the event is not a valid touchpoint", errors=field_errors(exc))
     if event.profileid is not None:
         REJECTED.labels("invalid").inc()
-        return problem(422, "the event is not a valid touchpoint",
-                       errors=[{"field": "profileid", "reason": "is set by the platform, not by senders"}])
+        return problem(
+            422,
+            "the event is not a valid touchpoint",
+            errors=[{"field": "profileid", "reason": "is set by the platform, not by senders"}],
+        )
 
     record = OutgoingRecord(
         topic=TOUCHPOINTS.full_name(settings.topic_prefix),
@@ -113,7 +122,10 @@ async def post_event(request: Request) -> JSONResponse:
     except (TimeoutError, KafkaError) as exc:
         REJECTED.labels("broker_unavailable").inc()
         log.warning("broker did not acknowledge", error_class=type(exc).__name__, event_id=event.id)
-        return problem(503, "the event was not stored: the broker did not acknowledge it in time; "
-                       "retry later", headers={"Retry-After": RETRY_AFTER_S})
+        return problem(
+            503,
+            "the event was not stored: the broker did not acknowledge it in time; retry later",
+            headers={"Retry-After": RETRY_AFTER_S},
+        )
     ACCEPTED.inc()
     return JSONResponse({"id": event.id, "status": "accepted"}, status_code=202)

@@ -31,7 +31,8 @@ def check_write_key(request: Request, accepted: Sequence[SecretStr]) -> None:
     key = presented_key(request)
     challenge = {"WWW-Authenticate": 'Basic realm="ingest", Bearer'}
     if key is None:
-        raise HTTPException(401, "a write key is required (Basic-auth user name or Bearer token)",
-                            headers=challenge)
+        raise HTTPException(
+            401, "a write key is required (Basic-auth user name or Bearer token)", headers=challenge
+        )
     if not any(hmac.compare_digest(key.encode(), k.get_secret_value().encode()) for k in accepted):
         raise HTTPException(401, "the write key is not valid", headers=challenge)

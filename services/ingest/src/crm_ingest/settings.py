@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, ClassVar
 
 from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import NoDecode
@@ -11,11 +11,12 @@ from crm_shared.settings import DEV_WRITE_KEY, ServiceSettings
 
 
 class IngestSettings(ServiceSettings):
-    service_name: str = "ingest"
+    service_name: ClassVar[str] = "ingest"
     http_port: int = Field(default=8000, ge=1, le=65535, description="HTTP port")
     write_keys: Annotated[list[SecretStr], NoDecode] = Field(
         default_factory=lambda: [SecretStr(DEV_WRITE_KEY)],
-        description="write keys accepted by ingest (Basic-auth user name or Bearer), comma separated",
+        description="write keys accepted by ingest (Basic-auth user name or Bearer token), "
+        "comma separated",
     )
     max_body_bytes: int = Field(default=512 * 1024, ge=1024, description="largest request body")
     produce_timeout_s: float = Field(

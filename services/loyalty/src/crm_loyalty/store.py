@@ -6,9 +6,11 @@ from datetime import datetime
 
 import asyncpg
 
+from crm_shared.database import DbConnection
+
 
 async def count_touchpoint(
-    conn: asyncpg.Connection, profile_id: str, event_id: str, event_time: datetime
+    conn: DbConnection, profile_id: str, event_id: str, event_time: datetime
 ) -> None:
     await conn.execute(
         "INSERT INTO accounts (profile_id, touchpoints, last_event_id, last_event_time) "
@@ -23,5 +25,5 @@ async def count_touchpoint(
     )
 
 
-async def account(conn: asyncpg.Connection | asyncpg.Pool, profile_id: str) -> asyncpg.Record | None:
+async def account(conn: DbConnection | asyncpg.Pool, profile_id: str) -> asyncpg.Record | None:
     return await conn.fetchrow("SELECT * FROM accounts WHERE profile_id = $1", profile_id)

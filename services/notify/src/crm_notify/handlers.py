@@ -5,16 +5,15 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-import asyncpg
-
 from crm_notify import store
 from crm_shared.contracts import TouchpointEnvelope
+from crm_shared.database import DbConnection
 from crm_shared.kafka import OutgoingRecord
 from crm_shared.service import Runtime
 
 
 def touchpoint_effects(_: Runtime) -> Any:
-    async def apply(conn: asyncpg.Connection, event: TouchpointEnvelope[Any]) -> Sequence[OutgoingRecord]:
+    async def apply(conn: DbConnection, event: TouchpointEnvelope[Any]) -> Sequence[OutgoingRecord]:
         assert event.profileid is not None
         await store.remember_touchpoint(conn, event.id, event.profileid, event.type, event.time)
         return []

@@ -6,9 +6,11 @@ from datetime import datetime
 
 import asyncpg
 
+from crm_shared.database import DbConnection
+
 
 async def remember_touchpoint(
-    conn: asyncpg.Connection, event_id: str, profile_id: str, type_: str, event_time: datetime
+    conn: DbConnection, event_id: str, profile_id: str, type_: str, event_time: datetime
 ) -> None:
     await conn.execute(
         "INSERT INTO touchpoints_seen (event_id, profile_id, type, event_time) "
@@ -20,7 +22,9 @@ async def remember_touchpoint(
     )
 
 
-async def touchpoints_of(conn: asyncpg.Connection | asyncpg.Pool, profile_id: str) -> list[asyncpg.Record]:
+async def touchpoints_of(
+    conn: DbConnection | asyncpg.Pool, profile_id: str
+) -> list[asyncpg.Record]:
     return list(
         await conn.fetch(
             "SELECT * FROM touchpoints_seen WHERE profile_id = $1 ORDER BY event_time", profile_id

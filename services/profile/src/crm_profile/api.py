@@ -91,7 +91,7 @@ async def lookup(
             "give exactly one identifier: customer_id, email, phone, anonymous_id or device_id",
         )
     # Normalise the way the contracts do, so `Ana@Example.org` finds `ana@example.org`.
-    (kind, value), = Identities.model_validate(given).pairs()
+    ((kind, value),) = Identities.model_validate(given).pairs()
     row = await store.find_by_identifier(runtime_of(request).db, kind, value)
     if row is None:
         raise HTTPException(404, f"no profile has that {kind}")
@@ -102,7 +102,10 @@ async def lookup(
     "/profiles/{profile_id}",
     response_model=ProfileView,
     summary="A profile by id",
-    responses={404: {"description": "no such profile"}, 401: {"description": "no or unknown bearer token"}},
+    responses={
+        404: {"description": "no such profile"},
+        401: {"description": "no or unknown bearer token"},
+    },
 )
 async def by_id(request: Request, profile_id: str) -> ProfileView:
     row = await store.find_profile(runtime_of(request).db, profile_id)

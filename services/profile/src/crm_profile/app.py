@@ -24,7 +24,10 @@ def build(settings: ProfileSettings | None = None) -> Service:
         migrations=migrations(),
     )
     service.consume(
-        "profile.touchpoints", TOUCHPOINTS, decode_json_event(TOUCHPOINT_ADAPTER), touchpoint_effects
+        "profile.touchpoints",
+        TOUCHPOINTS,
+        decode_json_event(TOUCHPOINT_ADAPTER),
+        touchpoint_effects,
     )
     service.app.include_router(router)
     return service

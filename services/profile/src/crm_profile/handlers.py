@@ -8,14 +8,13 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
 
-import asyncpg
-
 from crm_profile import store
 from crm_profile.domain.resolution import resolve
 from crm_profile.domain.state import ConsentUpdate, apply_consents, apply_traits
 from crm_profile.snapshots import snapshot_of
 from crm_shared.contracts import PROFILES, TOUCHPOINTS_RESOLVED, TouchpointEnvelope
 from crm_shared.contracts.derived import ProfileChange
+from crm_shared.database import DbConnection
 from crm_shared.kafka import OutgoingRecord
 from crm_shared.outbox import event_record
 from crm_shared.service import Runtime
@@ -35,9 +34,7 @@ def touchpoint_effects(runtime: Runtime) -> Any:
     prefix = runtime.settings.topic_prefix
     source = f"crm-{runtime.settings.service_name}"
 
-    async def apply(
-        conn: asyncpg.Connection, event: TouchpointEnvelope[Any]
-    ) -> Sequence[OutgoingRecord]:
+    async def apply(conn: DbConnection, event: TouchpointEnvelope[Any]) -> Sequence[OutgoingRecord]:
         now = datetime.now(UTC)
         keys = event.data.identities.pairs()
         await store.lock_identifiers(conn, keys)
@@ -61,8 +58,12 @@ def touchpoint_effects(runtime: Runtime) -> Any:
             changes.append("consent")
         changes.append("activity")
         await store.save_profile(
-            conn, resolution.profile_id, traits=traits, consents=consents,
-            last_event_id=event.id, at=now,
+            conn,
+            resolution.profile_id,
+            traits=traits,
+            consents=consents,
+            last_event_id=event.id,
+            at=now,
         )
         resolved = event.model_copy(update={"profileid": resolution.profile_id})
         await store.record_touchpoint(

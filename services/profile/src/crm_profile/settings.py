@@ -1,12 +1,14 @@
 """Profile's settings."""
 
+from typing import ClassVar
+
 from pydantic import Field
 
 from crm_shared.settings import ApiSettings
 
 
 class ProfileSettings(ApiSettings):
-    service_name: str = "profile"
+    service_name: ClassVar[str] = "profile"
     http_port: int = Field(default=8001, ge=1, le=65535, description="HTTP port")
     database_url: str = Field(
         default="postgresql://postgres@127.0.0.1:5433/crm_profile",

@@ -11,6 +11,7 @@ import asyncpg
 
 from crm_profile.domain.resolution import IdentifierKey
 from crm_profile.domain.state import Consents, Traits
+from crm_shared.database import DbConnection
 
 
 @dataclass(frozen=True)
@@ -26,7 +27,7 @@ class ProfileRow:
     identifiers: list[IdentifierKey]
 
 
-async def lock_identifiers(conn: asyncpg.Connection, keys: Sequence[IdentifierKey]) -> None:
+async def lock_identifiers(conn: DbConnection, keys: Sequence[IdentifierKey]) -> None:
     """Serialise resolution of the same identifiers across instances: transaction-scoped
     advisory locks, always taken in one sorted order so two events never deadlock."""
     await conn.execute(
@@ -37,7 +38,7 @@ async def lock_identifiers(conn: asyncpg.Connection, keys: Sequence[IdentifierKe
     )
 
 
-async def owners(conn: asyncpg.Connection, keys: Sequence[IdentifierKey]) -> dict[IdentifierKey, str]:
+async def owners(conn: DbConnection, keys: Sequence[IdentifierKey]) -> dict[IdentifierKey, str]:
     rows = await conn.fetch(
         "SELECT i.kind, i.value, i.profile_id FROM identifiers AS i "
         "JOIN unnest($1::text[], $2::text[]) AS k(kind, value) USING (kind, value)",
@@ -47,7 +48,7 @@ async def owners(conn: asyncpg.Connection, keys: Sequence[IdentifierKey]) -> dic
     return {(r["kind"], r["value"]): r["profile_id"] for r in rows}
 
 
-async def create_profile(conn: asyncpg.Connection, profile_id: str, at: datetime) -> None:
+async def create_profile(conn: DbConnection, profile_id: str, at: datetime) -> None:
     await conn.execute(
         "INSERT INTO profiles (profile_id, version, created_at, updated_at) VALUES ($1, 0, $2, $2)",
         profile_id,
@@ -56,7 +57,7 @@ async def create_profile(conn: asyncpg.Connection, profile_id: str, at: datetime
 
 
 async def attach_identifiers(
-    conn: asyncpg.Connection, profile_id: str, keys: Sequence[IdentifierKey]
+    conn: DbConnection, profile_id: str, keys: Sequence[IdentifierKey]
 ) -> None:
     if keys:
         await conn.execute(
@@ -68,7 +69,7 @@ async def attach_identifiers(
         )
 
 
-async def lock_profile(conn: asyncpg.Connection, profile_id: str) -> ProfileRow:
+async def lock_profile(conn: DbConnection, profile_id: str) -> ProfileRow:
     row = await conn.fetchrow("SELECT * FROM profiles WHERE profile_id = $1 FOR UPDATE", profile_id)
     if row is None:
         raise LookupError(f"profile {profile_id} does not exist")
@@ -76,7 +77,7 @@ async def lock_profile(conn: asyncpg.Connection, profile_id: str) -> ProfileRow:
 
 
 async def save_profile(
-    conn: asyncpg.Connection,
+    conn: DbConnection,
     profile_id: str,
     *,
     traits: Traits,
@@ -98,7 +99,7 @@ async def save_profile(
 
 
 async def record_touchpoint(
-    conn: asyncpg.Connection,
+    conn: DbConnection,
     *,
     event_id: str,
     profile_id: str,
@@ -119,13 +120,13 @@ async def record_touchpoint(
     )
 
 
-async def find_profile(conn: asyncpg.Connection | asyncpg.Pool, profile_id: str) -> ProfileRow | None:
+async def find_profile(conn: DbConnection | asyncpg.Pool, profile_id: str) -> ProfileRow | None:
     row = await conn.fetchrow("SELECT * FROM profiles WHERE profile_id = $1", profile_id)
     return None if row is None else await _with_identifiers(conn, row)
 
 
 async def find_by_identifier(
-    conn: asyncpg.Connection | asyncpg.Pool, kind: str, value: str
+    conn: DbConnection | asyncpg.Pool, kind: str, value: str
 ) -> ProfileRow | None:
     row = await conn.fetchrow(
         "SELECT p.* FROM identifiers AS i JOIN profiles AS p USING (profile_id) "
@@ -136,7 +137,7 @@ async def find_by_identifier(
     return None if row is None else await _with_identifiers(conn, row)
 
 
-async def _with_identifiers(conn: asyncpg.Connection | asyncpg.Pool, row: asyncpg.Record) -> ProfileRow:
+async def _with_identifiers(conn: DbConnection | asyncpg.Pool, row: asyncpg.Record) -> ProfileRow:
     keys = await conn.fetch(
         "SELECT kind, value FROM identifiers WHERE profile_id = $1 ORDER BY kind, value",
         row["profile_id"],

@@ -57,9 +57,7 @@ class ProfileSnapshot(CloudEvent[ProfileSnapshotData]):
     type: Literal["crm.profile.snapshot"]
 
 
-def profile_snapshot(
-    data: ProfileSnapshotData, *, source: str, time: datetime
-) -> ProfileSnapshot:
+def profile_snapshot(data: ProfileSnapshotData, *, source: str, time: datetime) -> ProfileSnapshot:
     """The snapshot envelope; its id is fixed by (profile, version)."""
     return ProfileSnapshot(
         specversion="1.0",

@@ -59,7 +59,9 @@ class CloudEvent(BaseModel, Generic[DataT]):
                     "are 1 to 20 lower-case letters or digits"
                 )
             if not isinstance(value, (str, int, bool)):
-                raise ValueError(f"extension attribute {name!r} must be a string, integer or boolean")
+                raise ValueError(
+                    f"extension attribute {name!r} must be a string, integer or boolean"
+                )
         return self
 
 

@@ -73,7 +73,9 @@ class Identities(Contract):
     @model_validator(mode="after")
     def _at_least_one(self) -> Identities:
         if not self.pairs():
-            raise ValueError("at least one identifier is required: " + ", ".join(IDENTIFIER_STRENGTH))
+            raise ValueError(
+                "at least one identifier is required: " + ", ".join(IDENTIFIER_STRENGTH)
+            )
         return self
 
     def pairs(self) -> list[tuple[IdentifierKind, str]]:
@@ -268,7 +270,8 @@ class TouchpointEnvelope(CloudEvent[D]):
         type_channel = self.type.split(".")[2]
         if self.data.channel != type_channel:
             raise ValueError(
-                f"data.channel {self.data.channel!r} does not match the channel of type {self.type!r}"
+                f"data.channel {self.data.channel!r} does not match the channel of type "
+                f"{self.type!r}"
             )
         return self
 
@@ -443,4 +446,3 @@ def touchpoint_types() -> list[str]:
     for cls in TOUCHPOINT_CLASSES:
         names.extend(cls.model_fields["type"].annotation.__args__)  # type: ignore[union-attr]
     return sorted(names)
-

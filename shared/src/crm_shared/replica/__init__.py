@@ -16,7 +16,7 @@ from aiokafka import ConsumerRecord
 
 from crm_shared.consumer import Received, Undecodable
 from crm_shared.contracts import PROFILE_SNAPSHOT_ADAPTER, ProfileSnapshot
-from crm_shared.database import Migration, load_migrations
+from crm_shared.database import DbConnection, Migration, load_migrations
 from crm_shared.kafka import OutgoingRecord
 
 
@@ -29,7 +29,9 @@ def migrations() -> list[Migration]:
     return load_migrations("profile_replica", "crm_shared.replica")
 
 
-def decode_profile_record(record: ConsumerRecord[bytes, bytes]) -> Received[ProfileSnapshot | Tombstone]:
+def decode_profile_record(
+    record: ConsumerRecord[bytes, bytes],
+) -> Received[ProfileSnapshot | Tombstone]:
     """A snapshot, or a tombstone (null value), whose dedupe id is its place in the log."""
     if record.value is None:
         if record.key is None:
@@ -42,7 +44,9 @@ def decode_profile_record(record: ConsumerRecord[bytes, bytes]) -> Received[Prof
     return Received(snapshot.id, snapshot)
 
 
-async def store_profile(conn: asyncpg.Connection, item: ProfileSnapshot | Tombstone) -> list[OutgoingRecord]:
+async def store_profile(
+    conn: DbConnection, item: ProfileSnapshot | Tombstone
+) -> list[OutgoingRecord]:
     if isinstance(item, Tombstone):
         await conn.execute("DELETE FROM profile_replica WHERE profile_id = $1", item.profile_id)
         return []
@@ -62,8 +66,10 @@ async def store_profile(conn: asyncpg.Connection, item: ProfileSnapshot | Tombst
     return []
 
 
-async def replica_version(conn: asyncpg.Connection | asyncpg.Pool, profile_id: str) -> Any:
-    return await conn.fetchval("SELECT version FROM profile_replica WHERE profile_id = $1", profile_id)
+async def replica_version(conn: DbConnection | asyncpg.Pool, profile_id: str) -> Any:
+    return await conn.fetchval(
+        "SELECT version FROM profile_replica WHERE profile_id = $1", profile_id
+    )
 
 
 def effects(_: object) -> Any:

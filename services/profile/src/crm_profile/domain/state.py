@@ -46,7 +46,11 @@ def apply_consents(
         key = f"{update.purpose}:{update.contact_channel}"
         existing = result.get(key)
         if _newer(existing, at) and (existing is None or existing["granted"] != update.granted):
-            result[key] = {"granted": update.granted, "time": at.isoformat(), "source_event_id": event_id}
+            result[key] = {
+                "granted": update.granted,
+                "time": at.isoformat(),
+                "source_event_id": event_id,
+            }
             changed = True
     return result, changed
 
