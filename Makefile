@@ -5,7 +5,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
-PY_DIRS := shared/src services/ingest/src services/profile/src services/loyalty/src services/notify/src tests services/ingest/tests services/profile/tests services/loyalty/tests services/notify/tests scripts bench
+PY_DIRS := shared/src $(wildcard services/*/src) tests $(wildcard services/*/tests) scripts $(wildcard bench/*.py)
 
 .DEFAULT_GOAL := help
 .PHONY: help install up down status infra-up infra-down infra-status test lint types unit docs docs-check bench constraints clean

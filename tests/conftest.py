@@ -38,7 +38,9 @@ def _from_testcontainers() -> Iterator[Endpoints]:
 
     with KafkaContainer("apache/kafka:3.9.1") as kafka, PostgresContainer("postgres:15") as pg:
         url = pg.get_connection_url(driver=None)
-        yield Endpoints(kafka.get_bootstrap_server(), url, idempotence=True)
+        yield Endpoints(
+            kafka.get_bootstrap_server(), url, idempotence=True, origin="testcontainers"
+        )
 
 
 def _from_local_scripts() -> Endpoints:
@@ -57,6 +59,7 @@ def _from_local_scripts() -> Endpoints:
         env["CRM_KAFKA_BOOTSTRAP"],
         env["CRM_DATABASE_URL"],
         idempotence=env["CRM_KAFKA_ENABLE_IDEMPOTENCE"] == "true",
+        origin="local",
     )
 
 

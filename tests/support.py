@@ -30,6 +30,8 @@ class Endpoints:
     bootstrap: str
     database_server: str
     idempotence: bool
+    origin: str = "environment"
+    """Where they came from: environment, testcontainers or local (scripts/localinfra.py)."""
 
 
 def database_url(server_url: str, database: str) -> str:

@@ -88,7 +88,7 @@ async def ping(producer: AIOKafkaProducer, timeout: float = 2.0) -> bool:
 def topic_configs(topic: Topic, replication_factor: int) -> dict[str, str]:
     """Per-topic configuration: the cleanup policy, and with three or more replicas an
     acknowledged write must reach two of them (acks=all then survives one broker loss)."""
-    configs = {"cleanup.policy": topic.cleanup_policy}
+    configs: dict[str, str] = {"cleanup.policy": topic.cleanup_policy}
     if replication_factor >= 3:
         configs["min.insync.replicas"] = "2"
     return configs

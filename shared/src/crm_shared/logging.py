@@ -31,7 +31,8 @@ PII_KEYS = frozenset(
         "value",
     }
 )
-_EMAIL = re.compile(r"[\w.+-]+@[\w-]+(\.[\w-]+)+")
+# Also URL-encoded (`%40`), as emails appear in query strings.
+_EMAIL = re.compile(r"[\w.+%-]+(@|%40)[\w-]+(\.[\w-]+)+")
 # International form only (`+` then digits): dates, ids and addresses must stay readable, and
 # identifiers are normalised to this form before anything could log them.
 _PHONE = re.compile(r"\+\d[\d ().-]{6,}\d")

@@ -31,9 +31,11 @@ def apply_traits(current: Traits, incoming: Mapping[str, Any], at: datetime) -> 
     changed = False
     for name, value in incoming.items():
         existing = result.get(name)
-        if _newer(existing, at) and (existing is None or existing["value"] != value):
+        if _newer(existing, at):
+            # The time moves on even when the value is the same: it is what a later, older
+            # event is compared with.
+            changed = changed or existing is None or existing["value"] != value
             result[name] = {"value": value, "time": at.isoformat()}
-            changed = True
     return result, changed
 
 
@@ -45,13 +47,13 @@ def apply_consents(
     for update in updates:
         key = f"{update.purpose}:{update.contact_channel}"
         existing = result.get(key)
-        if _newer(existing, at) and (existing is None or existing["granted"] != update.granted):
+        if _newer(existing, at):
+            changed = changed or existing is None or existing["granted"] != update.granted
             result[key] = {
                 "granted": update.granted,
                 "time": at.isoformat(),
                 "source_event_id": event_id,
             }
-            changed = True
     return result, changed
 
 
