@@ -32,8 +32,10 @@ def test_a_second_up_reuses_the_running_database_and_broker(endpoints: Endpoints
     }
     again = localinfra("up", env=env)
     assert again.returncode == 0, again.stderr
-    assert "PostgreSQL already running on 127.0.0.1:5433" in again.stdout
-    assert "broker already running on 127.0.0.1:9092" in again.stdout
+    pg_port = os.environ.get("CRM_PG_PORT", "5433")
+    kafka_port = os.environ.get("CRM_KAFKA_PORT", "9092")
+    assert f"PostgreSQL already running on 127.0.0.1:{pg_port}" in again.stdout
+    assert f"broker already running on 127.0.0.1:{kafka_port}" in again.stdout
     assert "topics created: none (all exist)" in again.stdout
     status = localinfra("status", env=env)
     assert "running" in status.stdout
