@@ -60,6 +60,9 @@ UNAVAILABLE: tuple[type[BaseException], ...] = (
 )
 
 
+UNAVAILABLE_PAUSE_S = 1.0
+
+
 class Undecodable(Exception):
     """The record cannot become an event; the message says why."""
 
@@ -134,7 +137,8 @@ class IdempotentConsumer(Generic[E]):
                     error_class=type(exc).__name__,
                     offset=record.offset,
                 )
-                await asyncio.sleep(delay)
+                # Rewound and fetched again at once: pause so an outage is not a busy loop.
+                await asyncio.sleep(max(delay, UNAVAILABLE_PAUSE_S))
                 raise
             except Exception as exc:  # the record's own failure: bounded tries, then dead letter
                 if attempt == attempts:

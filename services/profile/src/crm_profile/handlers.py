@@ -16,8 +16,11 @@ from crm_shared.contracts import PROFILES, TOUCHPOINTS_RESOLVED, TouchpointEnvel
 from crm_shared.contracts.derived import ProfileChange
 from crm_shared.database import DbConnection
 from crm_shared.kafka import OutgoingRecord
+from crm_shared.logging import get_logger
 from crm_shared.outbox import event_record
 from crm_shared.service import Runtime
+
+log = get_logger(__name__)
 
 
 def consent_updates(event: TouchpointEnvelope[Any]) -> list[ConsentUpdate]:
@@ -39,6 +42,14 @@ def touchpoint_effects(runtime: Runtime) -> Any:
         keys = event.data.identities.pairs()
         await store.lock_identifiers(conn, keys)
         resolution = resolve(keys, await store.owners(conn, keys), str(uuid.uuid4()))
+        if resolution.owned_elsewhere:
+            # Merging profiles comes with the profile capability; until then the link is kept
+            # visible here (kinds only: values are personal data).
+            log.info(
+                "identifiers belong to another profile; not merged",
+                event_id=event.id,
+                kinds=[kind for kind, _ in resolution.owned_elsewhere],
+            )
         changes: list[ProfileChange] = []
         if resolution.created:
             await store.create_profile(conn, resolution.profile_id, now)
@@ -57,9 +68,9 @@ def touchpoint_effects(runtime: Runtime) -> Any:
         if consents_changed:
             changes.append("consent")
         changes.append("activity")
-        await store.save_profile(
+        saved = await store.save_profile(
             conn,
-            resolution.profile_id,
+            current,
             traits=traits,
             consents=consents,
             last_event_id=event.id,
@@ -75,8 +86,6 @@ def touchpoint_effects(runtime: Runtime) -> Any:
             event_time=event.time,
             event=resolved.model_dump(mode="json", exclude_none=True),
         )
-        saved = await store.find_profile(conn, resolution.profile_id)
-        assert saved is not None
         return [
             event_record(TOUCHPOINTS_RESOLVED.full_name(prefix), resolution.profile_id, resolved),
             event_record(

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any
 
@@ -78,24 +78,31 @@ async def lock_profile(conn: DbConnection, profile_id: str) -> ProfileRow:
 
 async def save_profile(
     conn: DbConnection,
-    profile_id: str,
+    current: ProfileRow,
     *,
     traits: Traits,
     consents: Consents,
     last_event_id: str,
     at: datetime,
-) -> int:
-    """Store the new state and bump the version; returns the new version."""
+) -> ProfileRow:
+    """Store the new state and bump the version; returns the profile as saved."""
     version: int = await conn.fetchval(
         "UPDATE profiles SET version = version + 1, traits = $2, consents = $3, "
         "last_event_id = $4, updated_at = $5 WHERE profile_id = $1 RETURNING version",
-        profile_id,
+        current.profile_id,
         traits,
         consents,
         last_event_id,
         at,
     )
-    return version
+    return replace(
+        current,
+        version=version,
+        traits=traits,
+        consents=consents,
+        last_event_id=last_event_id,
+        updated_at=at,
+    )
 
 
 async def record_touchpoint(
