@@ -17,7 +17,7 @@ install: $(STAMP) ## Create .venv with every package (editable) and the pinned t
 
 $(STAMP): requirements-dev.txt constraints.txt shared/pyproject.toml services/*/pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || { echo "Python 3.11 or newer is needed (set PYTHON=...)"; exit 1; }
-	$(PYTHON) -m venv $(VENV)
+	$(PYTHON) -m venv $(VENV) || { rm -rf $(VENV); echo "python -m venv failed; on Debian or Ubuntu: apt-get install python3-venv"; exit 1; }
 	$(BIN)/pip install --quiet --disable-pip-version-check -c constraints.txt -r requirements-dev.txt
 	@touch $@
 
@@ -66,5 +66,7 @@ bench: infra-up ## Run the benchmarks; prints figures and writes bench/RESULTS.m
 constraints: install ## Re-pin constraints.txt from the current .venv
 	@{ head -n 2 constraints.txt; $(BIN)/pip freeze --exclude-editable --disable-pip-version-check; } > constraints.new && mv constraints.new constraints.txt
 
-clean: down ## Stop everything and delete .venv and .state
-	rm -rf $(VENV) .state
+clean: ## Stop everything, delete the local database cluster, .state and .venv
+	@if [ -x $(BIN)/python ]; then $(BIN)/python scripts/platform.py down; fi
+	$(PYTHON) scripts/localinfra.py clean
+	rm -rf $(VENV)

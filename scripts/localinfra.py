@@ -4,6 +4,7 @@
     python scripts/localinfra.py down    # stop what `up` started
     python scripts/localinfra.py status  # what is running
     python scripts/localinfra.py env     # the environment the services and tests should use
+    python scripts/localinfra.py clean   # stop, then delete the cluster's data and the state folder
 
 PostgreSQL comes from Debian's packages (installed with apt when missing and run as root); the
 cluster lives under `.state/` and listens on 127.0.0.1:${CRM_PG_PORT:-5433}, so a system server on
@@ -193,6 +194,16 @@ def postgres_down() -> None:
     _say("PostgreSQL stopped")
 
 
+def clean() -> None:
+    """Delete the cluster's data (which may live outside the checkout, see `_pg_dir`) and the
+    state folder."""
+    link = STATE / "postgres"
+    if link.is_symlink():
+        shutil.rmtree(link.resolve().parent, ignore_errors=True)
+    shutil.rmtree(STATE, ignore_errors=True)
+    _say(f"deleted {STATE}")
+
+
 def database_url(server_url: str, database: str) -> str:
     parts = urlsplit(server_url)
     return urlunsplit(parts._replace(path=f"/{database}"))
@@ -337,7 +348,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("action", choices=["up", "down", "status", "env"])
+    parser.add_argument("action", choices=["up", "down", "status", "env", "clean"])
     args = parser.parse_args(argv)
     try:
         if args.action == "up":
@@ -345,6 +356,10 @@ def main(argv: list[str] | None = None) -> int:
         elif args.action == "down":
             kafka_down()
             postgres_down()
+        elif args.action == "clean":
+            kafka_down()
+            postgres_down()
+            clean()
         elif args.action == "env":
             print((STATE / "infra.env").read_text(), end="")
         else:

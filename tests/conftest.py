@@ -44,6 +44,7 @@ def _from_testcontainers() -> Iterator[Endpoints]:
 
 
 def _from_local_scripts() -> Endpoints:
+    given_any = bool(os.environ.get("CRM_KAFKA_BOOTSTRAP") or os.environ.get("CRM_DATABASE_URL"))
     result = subprocess.run(
         [sys.executable, str(ROOT / "scripts" / "localinfra.py"), "up"],
         capture_output=True,
@@ -52,14 +53,13 @@ def _from_local_scripts() -> Endpoints:
     )
     if result.returncode != 0:
         pytest.exit(f"local infrastructure did not start: {result.stderr.strip()}", returncode=3)
-    env = dict(
-        line.split("=", 1) for line in (ROOT / ".state" / "infra.env").read_text().splitlines()
-    )
+    state = Path(os.environ.get("CRM_STATE_DIR", ROOT / ".state"))
+    env = dict(line.split("=", 1) for line in (state / "infra.env").read_text().splitlines())
     return Endpoints(
         env["CRM_KAFKA_BOOTSTRAP"],
         env["CRM_DATABASE_URL"],
         idempotence=env["CRM_KAFKA_ENABLE_IDEMPOTENCE"] == "true",
-        origin="local",
+        origin="environment" if given_any else "local",
     )
 
 
@@ -70,9 +70,10 @@ def endpoints() -> Iterator[Endpoints]:
     if bootstrap and server:
         idempotence = os.environ.get("CRM_KAFKA_ENABLE_IDEMPOTENCE", "true") == "true"
         yield Endpoints(bootstrap, server, idempotence=idempotence)
-    elif _docker_answers():
+    elif not (bootstrap or server) and _docker_answers():
         yield from _from_testcontainers()
     else:
+        # The local scripts use whichever endpoint is given and start the other one.
         yield _from_local_scripts()
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import uuid
 
 import asyncpg
 from aiokafka.admin import AIOKafkaAdminClient
@@ -62,7 +63,7 @@ async def test_migrate_applies_each_service_once_on_a_fresh_database_then_nothin
 async def test_create_topics_makes_the_registry_with_its_policies_and_is_idempotent(
     endpoints: Endpoints,
 ) -> None:
-    prefix = f"adm{os.getpid()}."
+    prefix = f"adm{uuid.uuid4().hex[:10]}."
     env = {"CRM_KAFKA_BOOTSTRAP": endpoints.bootstrap, "CRM_TOPIC_PREFIX": prefix}
     first = admin("create-topics", "--partitions", "2", env=env)
     assert first.returncode == 0, first.stderr

@@ -93,8 +93,15 @@ def test_every_example_validates_and_survives_a_json_round_trip(document: dict[s
         (lambda d: d.update(specversion="0.3"), "specversion", "1.0"),
         (lambda d: d["data"].pop("url"), "data.url", "required"),
         (lambda d: d["data"].update(urll="x"), "data.urll", "not permitted"),
-        (lambda d: d["data"].update(channel="phone"), "", "does not match the channel"),
-        (lambda d: d.update(Bad_Ext="x"), "", "extension attribute 'Bad_Ext'"),
+        (lambda d: d["data"].update(channel="phone"), "data.channel", "does not match the channel"),
+        (lambda d: d.update(Bad_Ext="x"), "Bad_Ext", "not a valid extension attribute"),
+        (lambda d: d.update(datacontenttype="text/xml"), "datacontenttype", "should match"),
+        (lambda d: d["data"].update(title="a\x00b"), "data.title", "NUL character"),
+        (
+            lambda d: d["data"].update(properties={"tags": ["ok", "\x00"]}),
+            "data.properties.tags.1",
+            "NUL character",
+        ),
     ],
 )
 def test_invalid_envelopes_name_the_field_and_the_reason(
@@ -130,3 +137,10 @@ def test_the_strongest_identifier_is_the_key() -> None:
     document = example_event("crm.touchpoint.phone.call_completed")
     event = TOUCHPOINT_ADAPTER.validate_json(json.dumps(document))
     assert event.data.identities.strongest() == "customer_id:c-1001"
+
+
+def test_json_content_type_parameters_and_extensions_are_accepted() -> None:
+    document = json.loads(ARCHITECTURE_EXAMPLE)
+    document.update(datacontenttype="application/json; charset=utf-8", traceparent="00-ab-cd-01")
+    event = TOUCHPOINT_ADAPTER.validate_json(json.dumps(document))
+    assert event.model_extra == {"traceparent": "00-ab-cd-01"}

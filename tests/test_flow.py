@@ -195,7 +195,7 @@ async def test_ingest_refuses_bad_requests_precisely(platform: dict[str, Service
             url, content=b"x" * (600 * 1024), headers={**CE_JSON, **basic(WRITE_KEY)}
         )
         assert huge.status_code == 413
-        assert "limit is" in huge.json()["detail"]
+        assert "limit of 524288 bytes" in huge.json()["detail"]
         profile_api = await http.get(
             f"{platform['profile'].url}/v1/profiles", params={"email": "a@b.co"}
         )
@@ -206,3 +206,10 @@ async def test_ingest_refuses_bad_requests_precisely(platform: dict[str, Service
             params={"email": "a@b.co", "phone": "+37060000000"},
         )
         assert two.status_code == 400
+        not_an_email = await http.get(
+            f"{platform['profile'].url}/v1/profiles", headers=ADMIN, params={"email": "nobody"}
+        )
+        assert not_an_email.status_code == 422
+        assert not_an_email.json()["errors"] == [
+            {"field": "query.email", "reason": "is not an email address"}
+        ]

@@ -28,6 +28,7 @@ from faststream.kafka.annotations import KafkaMessage
 from prometheus_client import Counter
 from pydantic import ValidationError
 
+from crm_shared.contracts.envelope import dedupe_key
 from crm_shared.contracts.topics import DEADLETTER
 from crm_shared.contracts.touchpoints import TOUCHPOINT_ADAPTER
 from crm_shared.database import DbConnection
@@ -47,20 +48,31 @@ RECORDS = Counter(
     ["service", "consumer", "outcome"],
 )
 
-# Failures of the infrastructure, not of the record: rewind and retry, never dead-letter.
-UNAVAILABLE: tuple[type[BaseException], ...] = (
-    OSError,
-    TimeoutError,
-    KafkaError,
-    asyncpg.PostgresConnectionError,
-    asyncpg.CannotConnectNowError,
-    asyncpg.TooManyConnectionsError,
-    asyncpg.exceptions.ConnectionDoesNotExistError,
-    asyncpg.exceptions.AdminShutdownError,
-)
-
-
+# SQLSTATE classes that say the database cannot serve now, whatever the record: connection
+# (08), insufficient resources (53), operator intervention (57, includes statement timeouts),
+# system error (58), and a read-only transaction (25006: a failover to a standby).
+_UNAVAILABLE_SQLSTATE_CLASSES = ("08", "53", "57", "58")
+_UNAVAILABLE_SQLSTATES = frozenset({"25006"})
+# Transaction rollbacks (40: deadlock, serialization failure) are worth an immediate new try.
+_TRANSIENT_SQLSTATE_CLASS = "40"
+TRANSIENT_TRIES = 10
 UNAVAILABLE_PAUSE_S = 1.0
+
+
+def unavailable(exc: BaseException) -> bool:
+    """A failure of the infrastructure, not of the record: rewind and retry, never dead-letter."""
+    if isinstance(exc, (OSError, TimeoutError, KafkaError, asyncpg.InterfaceError)):
+        return True
+    if isinstance(exc, asyncpg.PostgresError):
+        state = exc.sqlstate or ""
+        return state[:2] in _UNAVAILABLE_SQLSTATE_CLASSES or state in _UNAVAILABLE_SQLSTATES
+    return False
+
+
+def transient(exc: BaseException) -> bool:
+    return isinstance(exc, asyncpg.PostgresError) and (exc.sqlstate or "").startswith(
+        _TRANSIENT_SQLSTATE_CLASS
+    )
 
 
 class Undecodable(Exception):
@@ -69,7 +81,7 @@ class Undecodable(Exception):
 
 @dataclass(frozen=True)
 class Received(Generic[E]):
-    """A decoded record: the event and the id that makes its effects happen once."""
+    """A decoded record: the event and the key that makes its effects happen once."""
 
     event_id: str
     event: E
@@ -121,27 +133,33 @@ class IdempotentConsumer(Generic[E]):
         except ValidationError as exc:
             await self._dead_letter(record, summary(exc), type(exc).__name__, attempts=1)
             return
-        except Undecodable as exc:
-            await self._dead_letter(record, str(exc), type(exc).__name__, attempts=1)
+        except Exception as exc:  # whatever else makes a record unreadable: no retry helps
+            await self._dead_letter(record, str(exc) or repr(exc), type(exc).__name__, attempts=1)
             return
 
         attempts = self._settings.consumer_max_attempts
         delay = self._settings.consumer_retry_backoff_s
-        for attempt in range(1, attempts + 1):
+        attempt = transient_tries = 0
+        while True:
             try:
                 fresh = await self._apply_once(received)
-            except UNAVAILABLE as exc:
-                log.warning(
-                    "dependency unavailable; record will be retried",
-                    consumer=self.name,
-                    error_class=type(exc).__name__,
-                    offset=record.offset,
-                )
-                # Rewound and fetched again at once: pause so an outage is not a busy loop.
-                await asyncio.sleep(max(delay, UNAVAILABLE_PAUSE_S))
-                raise
-            except Exception as exc:  # the record's own failure: bounded tries, then dead letter
-                if attempt == attempts:
+            except Exception as exc:
+                if unavailable(exc) or (transient(exc) and transient_tries >= TRANSIENT_TRIES):
+                    log.warning(
+                        "dependency unavailable; record will be retried",
+                        consumer=self.name,
+                        error_class=type(exc).__name__,
+                        offset=record.offset,
+                    )
+                    # Rewound and fetched again at once: pause so an outage is no busy loop.
+                    await asyncio.sleep(max(delay, UNAVAILABLE_PAUSE_S))
+                    raise
+                if transient(exc):  # a deadlock or serialization failure: not the record's fault
+                    transient_tries += 1
+                    await asyncio.sleep(delay * transient_tries)
+                    continue
+                attempt += 1
+                if attempt >= attempts:
                     log.error(
                         "record failed; dead-lettered",
                         consumer=self.name,
@@ -183,24 +201,30 @@ class IdempotentConsumer(Generic[E]):
     async def _dead_letter(
         self, record: ConsumerRecord[bytes, bytes], reason: str, error_class: str, *, attempts: int
     ) -> None:
-        headers: dict[str, str] = {
-            name: value.decode("utf-8", "replace") for name, value in (record.headers or ())
+        reason_headers = {
+            "error": reason[:4000],
+            "error_class": error_class,
+            "attempts": str(attempts),
+            "source_topic": record.topic,
+            "source_partition": str(record.partition),
+            "source_offset": str(record.offset),
+            "service": self._settings.service_name,
+            "time": datetime.now(UTC).isoformat(),
         }
-        headers.update(
-            {
-                "error": reason[:4000],
-                "error_class": error_class,
-                "attempts": str(attempts),
-                "source_topic": record.topic,
-                "source_partition": str(record.partition),
-                "source_offset": str(record.offset),
-                "service": self._settings.service_name,
-                "time": datetime.now(UTC).isoformat(),
-            }
-        )
+        # The original headers travel unchanged (bytes, nulls and repeated names), so a replay
+        # can send the record exactly as it came.
+        original = tuple(record.headers or ())
         await publish_all(
             self._producer,
-            [OutgoingRecord(self._deadletter_topic, record.key, record.value, headers)],
+            [
+                OutgoingRecord(
+                    self._deadletter_topic,
+                    record.key,
+                    record.value,
+                    reason_headers,
+                    original_headers=original,
+                )
+            ],
         )
         RECORDS.labels(self._settings.service_name, self.name, "dead_lettered").inc()
         log.warning(
@@ -220,7 +244,7 @@ def decode_json_event(adapter: Any) -> Decode[Any]:
         if record.value is None:
             raise Undecodable("record has no value")
         event = adapter.validate_json(record.value)
-        return Received(event.id, event)
+        return Received(dedupe_key(event), event)
 
     return decode
 

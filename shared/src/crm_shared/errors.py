@@ -19,10 +19,15 @@ def _field_path(loc: tuple[int | str, ...]) -> str:
     return ".".join(parts)
 
 
+def plain_reason(message: str) -> str:
+    """pydantic's message without the "Value error, " it puts before our own reasons."""
+    return message.removeprefix("Value error, ")
+
+
 def field_errors(exc: ValidationError) -> list[FieldError]:
     """Every problem of a validation error, named by its dotted field path."""
     found: list[FieldError] = []
-    for error in exc.errors(include_url=False, include_input=False):
+    for error in exc.errors(include_url=False, include_input=False, include_context=True):
         kind = error["type"]
         if kind == "union_tag_invalid":
             field, reason = "type", "is not a known event type"
@@ -30,9 +35,14 @@ def field_errors(exc: ValidationError) -> list[FieldError]:
             field, reason = "type", "is required"
         elif kind == "json_invalid":
             field, reason = "", f"invalid JSON: {error['msg']}"
+        elif kind == "field_problem":
+            ctx = error.get("ctx", {})
+            parent = _field_path(tuple(error["loc"]))
+            field = ".".join(p for p in (parent, str(ctx["field"])) if p)
+            reason = str(ctx["reason"])
         else:
             field = _field_path(tuple(error["loc"]))
-            reason = error["msg"].removeprefix("Value error, ")
+            reason = plain_reason(error["msg"])
         found.append({"field": field, "reason": reason})
     return found
 

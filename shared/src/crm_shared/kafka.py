@@ -56,10 +56,11 @@ class OutgoingRecord:
     key: bytes | None
     value: bytes | None
     headers: Mapping[str, str]
+    original_headers: tuple[tuple[str, bytes | None], ...] = ()
+    """Headers carried over byte for byte (dead letters keep the record's own headers)."""
 
-
-def encode_headers(headers: Mapping[str, str]) -> list[tuple[str, bytes]]:
-    return [(name, value.encode()) for name, value in headers.items()]
+    def kafka_headers(self) -> list[tuple[str, bytes | None]]:
+        return [*self.original_headers, *((k, v.encode()) for k, v in self.headers.items())]
 
 
 async def publish_all(producer: AIOKafkaProducer, records: Iterable[OutgoingRecord]) -> None:
@@ -69,8 +70,7 @@ async def publish_all(producer: AIOKafkaProducer, records: Iterable[OutgoingReco
     the other keeps the order per key; awaiting all futures afterwards batches the round trips.
     """
     pending = [
-        await producer.send(r.topic, r.value, key=r.key, headers=encode_headers(r.headers))
-        for r in records
+        await producer.send(r.topic, r.value, key=r.key, headers=r.kafka_headers()) for r in records
     ]
     if pending:
         await asyncio.gather(*pending)

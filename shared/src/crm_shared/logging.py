@@ -61,7 +61,7 @@ def redact_pii(_: Any, __: str, event_dict: MutableMapping[str, Any]) -> Mutable
 
 def configure_logging(level: str = "info", json: bool | None = None) -> None:
     """Route structlog and the standard library (uvicorn, aiokafka, faststream) through one
-    renderer, with the PII filter applied to both."""
+    renderer; the PII filter runs once, in it, after exceptions are formatted."""
     as_json = (not sys.stderr.isatty()) if json is None else json
     shared: list[Any] = [
         structlog.contextvars.merge_contextvars,
@@ -69,7 +69,6 @@ def configure_logging(level: str = "info", json: bool | None = None) -> None:
         structlog.stdlib.add_logger_name,
         structlog.processors.TimeStamper(fmt="iso", utc=True),
         structlog.stdlib.ExtraAdder(),
-        redact_pii,
     ]
     renderer: Any = (
         structlog.processors.JSONRenderer() if as_json else structlog.dev.ConsoleRenderer()

@@ -10,7 +10,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from crm_shared.errors import FieldError
+from crm_shared.errors import FieldError, plain_reason
 
 PROBLEM_JSON = "application/problem+json"
 
@@ -42,7 +42,8 @@ def install_problem_handlers(app: FastAPI) -> None:
     async def on_validation_error(_: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, RequestValidationError)
         errors: list[FieldError] = [
-            {"field": ".".join(str(p) for p in e["loc"]), "reason": e["msg"]} for e in exc.errors()
+            {"field": ".".join(str(p) for p in e["loc"]), "reason": plain_reason(e["msg"])}
+            for e in exc.errors()
         ]
         return problem(422, "the request is not valid", errors=errors)
 

@@ -53,6 +53,22 @@ def _settings(request: Request) -> IngestSettings:
     return settings
 
 
+async def _read_limited(request: Request, limit: int) -> bytes | None:
+    """The body, or None once it passes `limit` bytes: the declared length is checked first and
+    the stream is counted, so an oversized body is never held in memory."""
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > limit:
+        return None
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            return None
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
 @router.post(
     "/events",
     status_code=202,
@@ -90,12 +106,10 @@ async def post_event(request: Request) -> JSONResponse:
     if media_type not in SINGLE_TYPES:
         REJECTED.labels("content_type").inc()
         return problem(415, f"content type must be one of: {', '.join(SINGLE_TYPES)}")
-    body = await request.body()
-    if len(body) > settings.max_body_bytes:
+    body = await _read_limited(request, settings.max_body_bytes)
+    if body is None:
         REJECTED.labels("too_large").inc()
-        return problem(
-            413, f"the body is {len(body)} bytes; the limit is {settings.max_body_bytes}"
-        )
+        return problem(413, f"the body is larger than the limit of {settings.max_body_bytes} bytes")
     try:
         event: Any = TOUCHPOINT_ADAPTER.validate_json(body)
     except ValidationError as exc:
@@ -124,7 +138,8 @@ async def post_event(request: Request) -> JSONResponse:
         log.warning("broker did not acknowledge", error_class=type(exc).__name__, event_id=event.id)
         return problem(
             503,
-            "the event was not stored: the broker did not acknowledge it in time; retry later",
+            "the broker did not acknowledge the event in time, so it may not be stored; send it "
+            "again later (a repeat with the same source and id is recognised as a duplicate)",
             headers={"Retry-After": RETRY_AFTER_S},
         )
     ACCEPTED.inc()

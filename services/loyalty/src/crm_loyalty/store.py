@@ -4,8 +4,6 @@ from __future__ import annotations
 
 from datetime import datetime
 
-import asyncpg
-
 from crm_shared.database import DbConnection
 
 
@@ -23,7 +21,3 @@ async def count_touchpoint(
         event_id,
         event_time,
     )
-
-
-async def account(conn: DbConnection | asyncpg.Pool, profile_id: str) -> asyncpg.Record | None:
-    return await conn.fetchrow("SELECT * FROM accounts WHERE profile_id = $1", profile_id)

@@ -15,7 +15,9 @@ from crm_shared.service import Runtime
 def touchpoint_effects(_: Runtime) -> Any:
     async def apply(conn: DbConnection, event: TouchpointEnvelope[Any]) -> Sequence[OutgoingRecord]:
         assert event.profileid is not None
-        await store.remember_touchpoint(conn, event.id, event.profileid, event.type, event.time)
+        await store.remember_touchpoint(
+            conn, event.source, event.id, event.profileid, event.type, event.time
+        )
         return []
 
     return apply

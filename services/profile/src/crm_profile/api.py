@@ -6,7 +6,8 @@ from datetime import datetime
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, HTTPException, Query, Request
-from pydantic import BaseModel
+from fastapi.exceptions import RequestValidationError
+from pydantic import BaseModel, ValidationError
 
 from crm_profile import store
 from crm_profile.settings import ProfileSettings
@@ -62,6 +63,7 @@ def _view(row: store.ProfileRow) -> ProfileView:
     responses={
         200: {"content": {"application/json": {"example": EXAMPLE}}},
         400: {"description": "not exactly one identifier given"},
+        422: {"description": "the identifier is not valid (e.g. not an email address)"},
         401: {"description": "no or unknown bearer token"},
         404: {"description": "no profile has that identifier"},
     },
@@ -91,7 +93,15 @@ async def lookup(
             "give exactly one identifier: customer_id, email, phone, anonymous_id or device_id",
         )
     # Normalise the way the contracts do, so `Ana@Example.org` finds `ana@example.org`.
-    ((kind, value),) = Identities.model_validate(given).pairs()
+    try:
+        ((kind, value),) = Identities.model_validate(given).pairs()
+    except ValidationError as exc:
+        raise RequestValidationError(
+            [
+                {**e, "loc": ("query", *e["loc"])}
+                for e in exc.errors(include_url=False, include_input=False)
+            ]
+        ) from None
     row = await store.find_by_identifier(runtime_of(request).db, kind, value)
     if row is None:
         raise HTTPException(404, f"no profile has that {kind}")

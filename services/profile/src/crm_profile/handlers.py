@@ -79,6 +79,7 @@ def touchpoint_effects(runtime: Runtime) -> Any:
         resolved = event.model_copy(update={"profileid": resolution.profile_id})
         await store.record_touchpoint(
             conn,
+            source=event.source,
             event_id=event.id,
             profile_id=resolution.profile_id,
             type_=event.type,

@@ -70,7 +70,11 @@ async def attach_identifiers(
 
 
 async def lock_profile(conn: DbConnection, profile_id: str) -> ProfileRow:
-    row = await conn.fetchrow("SELECT * FROM profiles WHERE profile_id = $1 FOR UPDATE", profile_id)
+    # NO KEY UPDATE, not UPDATE: inserting an identifier takes KEY SHARE on its profile (the
+    # foreign key), which FOR UPDATE would conflict with and deadlock two instances.
+    row = await conn.fetchrow(
+        "SELECT * FROM profiles WHERE profile_id = $1 FOR NO KEY UPDATE", profile_id
+    )
     if row is None:
         raise LookupError(f"profile {profile_id} does not exist")
     return await _with_identifiers(conn, row)
@@ -108,6 +112,7 @@ async def save_profile(
 async def record_touchpoint(
     conn: DbConnection,
     *,
+    source: str,
     event_id: str,
     profile_id: str,
     type_: str,
@@ -116,8 +121,9 @@ async def record_touchpoint(
     event: dict[str, Any],
 ) -> None:
     await conn.execute(
-        "INSERT INTO touchpoints (event_id, profile_id, type, channel, event_time, event) "
-        "VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (event_id) DO NOTHING",
+        "INSERT INTO touchpoints (source, event_id, profile_id, type, channel, event_time, event) "
+        "VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (source, event_id) DO NOTHING",
+        source,
         event_id,
         profile_id,
         type_,

@@ -10,7 +10,7 @@ from crm_shared.contracts.derived import (
     ProfileSnapshotData,
     profile_snapshot,
 )
-from crm_shared.contracts.envelope import CloudEvent, derived_event_id, envelope_fields
+from crm_shared.contracts.envelope import CloudEvent, dedupe_key, derived_event_id
 from crm_shared.contracts.topics import (
     DEADLETTER,
     LOYALTY,
@@ -58,8 +58,8 @@ __all__ = [
     "Topic",
     "TouchpointEnvelope",
     "TouchpointEvent",
+    "dedupe_key",
     "derived_event_id",
-    "envelope_fields",
     "profile_snapshot",
     "touchpoint_types",
 ]

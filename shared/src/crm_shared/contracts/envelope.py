@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import re
 import uuid
-from datetime import datetime
 from typing import Annotated, Any, Generic, Literal, TypeVar
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, model_validator
+from pydantic_core import PydanticCustomError
 
 NonEmptyStr = Annotated[str, Field(min_length=1, max_length=512)]
 
@@ -16,6 +16,35 @@ _EXTENSION_NAME = re.compile(r"^[a-z0-9]{1,20}$")
 
 # A fixed namespace so that derived event ids are the same on every re-publish (UUIDv5).
 DERIVED_ID_NAMESPACE = uuid.UUID("6f0b5c1e-6c57-4a55-9a43-2f1f1f0c9d21")
+
+
+def field_problem(field: str, reason: str) -> PydanticCustomError:
+    """An error of a rule that spans fields, naming the field it is about (see
+    `crm_shared.errors`, which reports it under that name)."""
+    return PydanticCustomError(
+        "field_problem", "{field}: {reason}", {"field": field, "reason": reason}
+    )
+
+
+def _first_nul(value: Any, path: str) -> str | None:
+    """The path of the first key or string holding a NUL character, which PostgreSQL cannot
+    store in text or jsonb: refused on the way in rather than failing after acceptance."""
+    if isinstance(value, str):
+        return path if "\x00" in value else None
+    if isinstance(value, dict):
+        for key, item in value.items():
+            where = f"{path}.{key}" if path else str(key)
+            if "\x00" in str(key):
+                return where
+            found = _first_nul(item, where)
+            if found:
+                return found
+    if isinstance(value, list):
+        for index, item in enumerate(value):
+            found = _first_nul(item, f"{path}.{index}")
+            if found:
+                return found
+    return None
 
 
 def derived_event_id(*parts: str) -> str:
@@ -46,7 +75,9 @@ class CloudEvent(BaseModel, Generic[DataT]):
     type: str
     time: AwareDatetime
     subject: NonEmptyStr | None = None
-    datacontenttype: Literal["application/json"] = "application/json"
+    datacontenttype: Annotated[str, Field(pattern=r"^application/json\s*(;.*)?$")] = (
+        "application/json"
+    )
     dataschema: NonEmptyStr | None = None
     data: DataT
 
@@ -54,22 +85,24 @@ class CloudEvent(BaseModel, Generic[DataT]):
     def _extension_names(self) -> CloudEvent[DataT]:
         for name, value in (self.model_extra or {}).items():
             if not _EXTENSION_NAME.match(name):
-                raise ValueError(
-                    f"extension attribute {name!r} is not allowed: CloudEvents extension names "
-                    "are 1 to 20 lower-case letters or digits"
+                raise field_problem(
+                    name,
+                    "is not a valid extension attribute: CloudEvents extension names are 1 to 20 "
+                    "lower-case letters or digits",
                 )
             if not isinstance(value, (str, int, bool)):
-                raise ValueError(
-                    f"extension attribute {name!r} must be a string, integer or boolean"
+                raise field_problem(
+                    name, "an extension attribute must be a string, integer or boolean"
                 )
+        # After validation, not before: a "before" validator would hand strict fields a Python
+        # dict, where strict mode refuses the JSON forms (an RFC 3339 string for a datetime).
+        where = _first_nul(self.model_dump(), "")
+        if where is not None:
+            raise field_problem(where, "contains a NUL character (\\u0000), which is not allowed")
         return self
 
 
-def utc_iso(moment: datetime) -> str:
-    """RFC 3339 text of an aware datetime, as the envelope's `time` carries it."""
-    return moment.isoformat().replace("+00:00", "Z")
-
-
-def envelope_fields(event: CloudEvent[Any]) -> dict[str, Any]:
-    """The envelope as a JSON-ready dict (for publishing); `None` attributes left out."""
-    return event.model_dump(mode="json", exclude_none=True)
+def dedupe_key(event: CloudEvent[Any]) -> str:
+    """What identifies an event: CloudEvents makes `source` and `id` unique together, so two
+    senders may use the same id without one's event being dropped as the other's duplicate."""
+    return f"{event.source}\x1f{event.id}"

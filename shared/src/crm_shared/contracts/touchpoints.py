@@ -17,7 +17,7 @@ from pydantic import (
     model_validator,
 )
 
-from crm_shared.contracts.envelope import CloudEvent, Contract, NonEmptyStr
+from crm_shared.contracts.envelope import CloudEvent, Contract, NonEmptyStr, field_problem
 
 Channel = Literal["web", "phone", "email", "store", "feedback"]
 CHANNELS: tuple[Channel, ...] = ("web", "phone", "email", "store", "feedback")
@@ -269,9 +269,9 @@ class TouchpointEnvelope(CloudEvent[D]):
     def _channel_matches_type(self) -> TouchpointEnvelope[D]:
         type_channel = self.type.split(".")[2]
         if self.data.channel != type_channel:
-            raise ValueError(
-                f"data.channel {self.data.channel!r} does not match the channel of type "
-                f"{self.type!r}"
+            raise field_problem(
+                "data.channel",
+                f"{self.data.channel!r} does not match the channel of type {self.type!r}",
             )
         return self
 

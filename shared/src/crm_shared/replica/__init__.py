@@ -11,11 +11,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-import asyncpg
 from aiokafka import ConsumerRecord
 
 from crm_shared.consumer import Received, Undecodable
 from crm_shared.contracts import PROFILE_SNAPSHOT_ADAPTER, ProfileSnapshot
+from crm_shared.contracts.envelope import dedupe_key
 from crm_shared.database import DbConnection, Migration, load_migrations
 from crm_shared.kafka import OutgoingRecord
 
@@ -41,7 +41,7 @@ def decode_profile_record(
             Tombstone(record.key.decode()),
         )
     snapshot = PROFILE_SNAPSHOT_ADAPTER.validate_json(record.value)
-    return Received(snapshot.id, snapshot)
+    return Received(dedupe_key(snapshot), snapshot)
 
 
 async def store_profile(
@@ -64,12 +64,6 @@ async def store_profile(
         data.updated_at,
     )
     return []
-
-
-async def replica_version(conn: DbConnection | asyncpg.Pool, profile_id: str) -> Any:
-    return await conn.fetchval(
-        "SELECT version FROM profile_replica WHERE profile_id = $1", profile_id
-    )
 
 
 def effects(_: object) -> Any:

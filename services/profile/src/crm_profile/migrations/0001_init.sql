@@ -21,13 +21,16 @@ CREATE TABLE identifiers (
 );
 CREATE INDEX identifiers_profile ON identifiers (profile_id);
 
+-- A touchpoint is identified by its CloudEvents source and id together.
 CREATE TABLE touchpoints (
-    event_id    text        PRIMARY KEY,
+    source      text        NOT NULL,
+    event_id    text        NOT NULL,
     profile_id  text        NOT NULL REFERENCES profiles (profile_id),
     type        text        NOT NULL,
     channel     text        NOT NULL,
     event_time  timestamptz NOT NULL,
     received_at timestamptz NOT NULL DEFAULT now(),
-    event       jsonb       NOT NULL
+    event       jsonb       NOT NULL,
+    PRIMARY KEY (source, event_id)
 );
 CREATE INDEX touchpoints_profile_time ON touchpoints (profile_id, event_time);

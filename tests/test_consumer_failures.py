@@ -1,0 +1,185 @@
+"""The consumer's failure policy against the real broker and database: a record's own failure
+is tried a bounded number of times and dead-lettered with its headers intact; a deadlock is
+retried in place; an outage is never dead-lettered (the record is rewound instead)."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from typing import Any
+
+import asyncpg
+import pytest
+from aiokafka import AIOKafkaProducer, ConsumerRecord
+
+from crm_shared.consumer import IdempotentConsumer, decode_json_event
+from crm_shared.contracts import DEADLETTER, TOUCHPOINT_ADAPTER, TOUCHPOINTS
+from crm_shared.contracts.examples import example_event
+from crm_shared.database import DbConnection, create_pool, migrate, plumbing_migrations
+from crm_shared.kafka import OutgoingRecord, create_producer
+from crm_shared.outbox import OutboxRelay
+from crm_shared.settings import StatefulSettings
+from tests.conftest import Databases
+from tests.support import Endpoints, read_topic
+
+Apply = Callable[[DbConnection, Any], Awaitable[Sequence[OutgoingRecord]]]
+
+
+class Harness:
+    def __init__(self, settings: StatefulSettings, pool: asyncpg.Pool, producer: AIOKafkaProducer):
+        self.settings = settings
+        self.pool = pool
+        self.producer = producer
+        self.relay = OutboxRelay(pool, producer, service="test")
+
+    def consumer(self, apply: Apply) -> IdempotentConsumer[Any]:
+        return IdempotentConsumer(
+            name=f"test.{uuid.uuid4().hex[:6]}",
+            topic=TOUCHPOINTS.full_name(self.settings.topic_prefix),
+            decode=decode_json_event(TOUCHPOINT_ADAPTER),
+            apply=apply,
+            pool=self.pool,
+            producer=self.producer,
+            relay=self.relay,
+            settings=self.settings,
+        )
+
+
+@pytest.fixture
+async def harness(
+    endpoints: Endpoints, topic_prefix: str, databases: Databases
+) -> AsyncIterator[Harness]:
+    url = await databases.create("consumer")
+    await migrate(url, plumbing_migrations())
+    settings = StatefulSettings(
+        kafka_bootstrap=endpoints.bootstrap,
+        kafka_enable_idempotence=endpoints.idempotence,
+        topic_prefix=topic_prefix,
+        database_url=url,
+        consumer_max_attempts=3,
+        consumer_retry_backoff_s=0.01,
+    )
+    pool = await create_pool(url)
+    producer = create_producer(settings)
+    await producer.start()
+    try:
+        yield Harness(settings, pool, producer)
+    finally:
+        await producer.stop()
+        await pool.close()
+
+
+def record(
+    topic: str, value: bytes, headers: list[tuple[str, bytes | None]]
+) -> ConsumerRecord[bytes, bytes]:
+    return ConsumerRecord(
+        topic=topic,
+        partition=0,
+        offset=41,
+        timestamp=0,
+        timestamp_type=0,
+        key=b"k",
+        value=value,
+        checksum=None,
+        serialized_key_size=1,
+        serialized_value_size=len(value),
+        headers=headers,
+    )
+
+
+async def test_a_failing_record_is_tried_three_times_then_dead_lettered_with_its_headers(
+    harness: Harness, endpoints: Endpoints
+) -> None:
+    calls: list[str] = []
+
+    async def failing(conn: DbConnection, event: Any) -> Sequence[OutgoingRecord]:
+        calls.append(event.id)
+        await conn.execute("INSERT INTO outbox (topic, value) VALUES ('x', 'must roll back')")
+        raise ValueError("no tier named 'platinum'")
+
+    topic = TOUCHPOINTS.full_name(harness.settings.topic_prefix)
+    value = json.dumps(example_event("crm.touchpoint.web.signed_up")).encode()
+    original = [("trace", None), ("trace", b"\xff\xfe"), ("error", b"upstream's own")]
+    await harness.consumer(failing).handle(record(topic, value, original))
+
+    assert len(calls) == 3
+    async with harness.pool.acquire() as conn:
+        assert await conn.fetchval("SELECT count(*) FROM processed_events") == 0
+        assert await conn.fetchval("SELECT count(*) FROM outbox") == 0
+    dead = await read_topic(
+        endpoints.bootstrap, DEADLETTER.full_name(harness.settings.topic_prefix), at_least=1
+    )
+    assert len(dead) == 1
+    assert dead[0].value == value
+    assert dead[0].key == b"k"
+    headers = list(dead[0].headers)
+    assert headers[:3] == original, "the record's own headers travel unchanged, first"
+    ours = dict(headers[3:])
+    assert ours["error"] == b"no tier named 'platinum'"
+    assert ours["error_class"] == b"ValueError"
+    assert ours["attempts"] == b"3"
+    assert ours["source_offset"] == b"41"
+
+
+async def test_a_deadlock_is_retried_in_place_and_not_dead_lettered(
+    harness: Harness, endpoints: Endpoints
+) -> None:
+    failures = [asyncpg.exceptions.DeadlockDetectedError("deadlock detected")] * 5
+
+    async def deadlocking(conn: DbConnection, event: Any) -> Sequence[OutgoingRecord]:
+        if failures:
+            raise failures.pop()
+        return []
+
+    topic = TOUCHPOINTS.full_name(harness.settings.topic_prefix)
+    value = json.dumps(
+        example_event("crm.touchpoint.web.signed_up", event_id=str(uuid.uuid4()))
+    ).encode()
+    await harness.consumer(deadlocking).handle(record(topic, value, []))
+    assert failures == []
+    async with harness.pool.acquire() as conn:
+        assert await conn.fetchval("SELECT count(*) FROM processed_events") == 1
+    dead = await read_topic(
+        endpoints.bootstrap, DEADLETTER.full_name(harness.settings.topic_prefix)
+    )
+    assert dead == []
+
+
+@pytest.mark.parametrize(
+    "outage",
+    [
+        ConnectionRefusedError("database away"),
+        asyncpg.exceptions.ReadOnlySQLTransactionError("failover to a standby"),
+        asyncpg.exceptions.QueryCanceledError("statement timeout"),
+    ],
+    ids=["connection", "read-only-standby", "statement-timeout"],
+)
+async def test_an_outage_rewinds_the_record_instead_of_dead_lettering_it(
+    harness: Harness, endpoints: Endpoints, outage: Exception
+) -> None:
+    async def unavailable(conn: DbConnection, event: Any) -> Sequence[OutgoingRecord]:
+        raise outage
+
+    topic = TOUCHPOINTS.full_name(harness.settings.topic_prefix)
+    value = json.dumps(example_event("crm.touchpoint.web.signed_up")).encode()
+    with pytest.raises(type(outage)):
+        await harness.consumer(unavailable).handle(record(topic, value, []))
+    dead = await read_topic(
+        endpoints.bootstrap, DEADLETTER.full_name(harness.settings.topic_prefix)
+    )
+    assert dead == []
+
+
+async def test_an_unreadable_key_or_value_is_dead_lettered_not_looped(
+    harness: Harness, endpoints: Endpoints
+) -> None:
+    async def never(conn: DbConnection, event: Any) -> Sequence[OutgoingRecord]:
+        raise AssertionError("an undecodable record must not reach the effects")
+
+    topic = TOUCHPOINTS.full_name(harness.settings.topic_prefix)
+    await harness.consumer(never).handle(record(topic, b"\xff\xfe not json", [("h", None)]))
+    dead = await read_topic(
+        endpoints.bootstrap, DEADLETTER.full_name(harness.settings.topic_prefix), at_least=1
+    )
+    assert b"invalid JSON" in dict(dead[0].headers[1:])["error"]
