@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import inspect
 import os
 import signal
 import subprocess
@@ -13,7 +14,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, TypeVar, overload
 from urllib.parse import urlsplit, urlunsplit
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
@@ -53,18 +54,36 @@ def service_env(endpoints: Endpoints, prefix: str, database: str | None = None) 
     return env
 
 
+@overload
 async def wait_until(
     check: Callable[[], Awaitable[T]],
+    *,
+    timeout: float = ...,
+    interval: float = ...,
+    what: str = ...,
+) -> T: ...
+
+
+@overload
+async def wait_until(
+    check: Callable[[], T], *, timeout: float = ..., interval: float = ..., what: str = ...
+) -> T: ...
+
+
+async def wait_until(
+    check: Callable[[], Any],
     *,
     timeout: float = 30.0,
     interval: float = 0.1,
     what: str = "condition",
-) -> T:
-    """Poll `check` until it returns something truthy; fail with `what` after `timeout` seconds."""
+) -> Any:
+    """Poll `check` (a plain or async function) until it gives something truthy; fail with
+    `what` after `timeout` seconds."""
     deadline = time.monotonic() + timeout
-    last: T | None = None
+    last: Any = None
     while time.monotonic() < deadline:
-        last = await check()
+        answer = check()
+        last = await answer if inspect.isawaitable(answer) else answer
         if last:
             return last
         await asyncio.sleep(interval)
@@ -183,10 +202,9 @@ class ServiceProcess:
             await asyncio.sleep(0.1)
         return code
 
-    def metric(self, name: str, **labels: str) -> float:
+    async def metric(self, name: str, **labels: str) -> float:
         """The value of one sample from the process's /metrics (0 when absent)."""
-        with urllib.request.urlopen(f"{self.url}/metrics", timeout=5) as answer:  # noqa: S310
-            text = answer.read().decode()
+        text = await asyncio.to_thread(_http_text, f"{self.url}/metrics")
         for family in text_string_to_metric_families(text):
             for sample in family.samples:
                 if sample.name == name and all(
@@ -206,6 +224,12 @@ class ServiceProcess:
 
     def tail(self, lines: int = 30) -> str:
         return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
+
+
+def _http_text(url: str) -> str:
+    with urllib.request.urlopen(url, timeout=5) as answer:  # noqa: S310 (loopback only)
+        text: str = answer.read().decode()
+        return text
 
 
 def _http_ok(url: str) -> bool:

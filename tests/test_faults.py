@@ -82,14 +82,7 @@ async def test_a_consumer_killed_mid_flow_has_exactly_one_effect_after_restart(
         # The offset was never committed: the record comes again and is skipped. (After an
         # outbox publish the offset may or may not have been committed before the kill.)
         await wait_until(
-            lambda: _async(
-                profile.metric(
-                    "crm_consumer_records_total",
-                    consumer="profile.touchpoints",
-                    outcome="duplicate",
-                )
-                == 1
-            ),
+            lambda: _metric_is(profile, "profile.touchpoints", "duplicate", 1),
             timeout=90,  # the killed member's session must expire before the group rebalances
             what="the redelivered record to be skipped as a duplicate",
         )
@@ -122,18 +115,7 @@ async def test_a_consumer_killed_mid_flow_has_exactly_one_effect_after_restart(
     processes.append(loyalty)
     loyalty.start()
     await loyalty.wait_ready()
-    await wait_until(
-        lambda: _async(
-            loyalty.metric(
-                "crm_consumer_records_total", consumer="loyalty.touchpoints", outcome="processed"
-            )
-            + loyalty.metric(
-                "crm_consumer_records_total", consumer="loyalty.touchpoints", outcome="duplicate"
-            )
-            == copies
-        ),
-        what="loyalty to read every copy",
-    )
+    await wait_until(lambda: _records_read(loyalty, copies), what="loyalty to read every copy")
     assert await _scalar(loyalty_db, "SELECT touchpoints FROM accounts") == 1
 
 
@@ -141,5 +123,18 @@ async def _outbox_empty(url: str) -> bool:
     return await _scalar(url, "SELECT count(*) FROM outbox") == 0
 
 
-async def _async(value: bool) -> bool:
-    return value
+async def _metric_is(process: ServiceProcess, consumer: str, outcome: str, value: float) -> bool:
+    return (
+        await process.metric("crm_consumer_records_total", consumer=consumer, outcome=outcome)
+        == value
+    )
+
+
+async def _records_read(process: ServiceProcess, copies: int) -> bool:
+    processed = await process.metric(
+        "crm_consumer_records_total", consumer="loyalty.touchpoints", outcome="processed"
+    )
+    duplicates = await process.metric(
+        "crm_consumer_records_total", consumer="loyalty.touchpoints", outcome="duplicate"
+    )
+    return processed + duplicates == copies

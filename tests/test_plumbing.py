@@ -121,7 +121,7 @@ async def test_the_same_event_delivered_twice_has_one_effect(
 
     async with running(build_profile(_profile_settings(endpoints, topic_prefix, url))):
         await wait_until(
-            lambda: _async(_count("profile.touchpoints", "duplicate") > duplicates_before),
+            lambda: _count("profile.touchpoints", "duplicate") > duplicates_before,
             what="the second delivery to be recognised as a duplicate",
         )
         resolved = await read_topic(
@@ -137,10 +137,6 @@ async def test_the_same_event_delivered_twice_has_one_effect(
     finally:
         await conn.close()
     assert [json.loads(r.value)["id"] for r in resolved] == [document["id"]]
-
-
-async def _async(value: bool) -> bool:
-    return value
 
 
 async def test_a_poison_record_is_dead_lettered_with_its_reason_and_the_partition_moves_on(
