@@ -22,15 +22,15 @@ $(STAMP): requirements-dev.txt constraints.txt shared/pyproject.toml services/*/
 	@touch $@
 
 up: infra-up ## Start the infrastructure and the four services, wait until ready, print URLs
-	$(BIN)/python scripts/platform.py up
+	$(BIN)/python scripts/localplatform.py up
 
 down: ## Stop the services and the infrastructure
-	@if [ -x $(BIN)/python ]; then $(BIN)/python scripts/platform.py down; fi
+	@if [ -x $(BIN)/python ]; then $(BIN)/python scripts/localplatform.py down; fi
 	@$(PYTHON) scripts/localinfra.py down
 
 status: ## Show what is running and whether it is ready
 	@$(PYTHON) scripts/localinfra.py status
-	@$(PYTHON) scripts/platform.py status
+	@$(PYTHON) scripts/localplatform.py status
 
 infra-up: install ## Start (or reuse) PostgreSQL on :5433 and the Tansu broker on :9092, create databases and topics
 	$(BIN)/python scripts/localinfra.py up
@@ -67,6 +67,6 @@ constraints: install ## Re-pin constraints.txt from the current .venv
 	@{ head -n 2 constraints.txt; $(BIN)/pip freeze --exclude-editable --disable-pip-version-check; } > constraints.new && mv constraints.new constraints.txt
 
 clean: ## Stop everything, delete the local database cluster, .state and .venv
-	@if [ -x $(BIN)/python ]; then $(BIN)/python scripts/platform.py down; fi
+	@if [ -x $(BIN)/python ]; then $(BIN)/python scripts/localplatform.py down; fi
 	$(PYTHON) scripts/localinfra.py clean
 	rm -rf $(VENV)

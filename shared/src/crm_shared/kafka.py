@@ -4,6 +4,7 @@ exactly as given (outbox, dead letters, ingest), and topic creation from the reg
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
@@ -32,6 +33,9 @@ def create_broker(settings: ServiceSettings) -> KafkaBroker:
         consumer_only=True,
         graceful_timeout=15.0,
         logger=get_logger(f"{settings.service_name}.broker"),
+        # FastStream logs "Received"/"Processed" for every record: debug, not info, or the
+        # logs grow by lines per event; the consumer logs what matters itself.
+        log_level=logging.DEBUG,
     )
 
 
@@ -44,7 +48,7 @@ def create_producer(settings: ServiceSettings) -> AIOKafkaProducer:
         acks="all",
         enable_idempotence=settings.kafka_enable_idempotence,
         request_timeout_ms=settings.kafka_request_timeout_ms,
-        linger_ms=5,
+        linger_ms=settings.kafka_linger_ms,
     )
 
 

@@ -31,6 +31,11 @@ class ServiceSettings(BaseSettings):
         description="idempotent producer; on for Apache Kafka, off for the local broker "
         "(Tansu answers InitProducerId with an error)",
     )
+    kafka_linger_ms: int = Field(
+        default=5,
+        ge=0,
+        description="how long the producer waits to batch records; each lone write waits it",
+    )
     kafka_request_timeout_ms: int = Field(
         default=30_000, ge=1000, description="producer request timeout"
     )

@@ -1,7 +1,7 @@
 """Run the four services as local processes: `up` starts them in the background and waits until
 each answers /readyz, `down` stops them (SIGTERM, so they shut down gracefully).
 
-    python scripts/platform.py up | down | status
+    python scripts/localplatform.py up | down | status
 
 Endpoints come from CRM_KAFKA_BOOTSTRAP / CRM_DATABASE_URL, else from `.state/infra.env`
 (written by `scripts/localinfra.py up`). Logs go to `.state/logs/<service>.log`.
