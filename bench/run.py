@@ -45,9 +45,12 @@ sys.path.insert(0, str(ROOT))
 
 from tests.support import (  # noqa: E402
     Endpoints,
+    InfrastructureUnavailable,
     ServiceProcess,
     database_url,
+    environment_endpoints,
     free_port,
+    local_endpoints,
     service_env,
     wait_until,
 )
@@ -311,27 +314,10 @@ class CpuUse:
 
 # --- infrastructure -----------------------------------------------------------------------------
 def endpoints_from_environment() -> Endpoints:
-    bootstrap = os.environ.get("CRM_KAFKA_BOOTSTRAP")
-    server = os.environ.get("CRM_DATABASE_URL")
-    if bootstrap and server:
-        idempotence = os.environ.get("CRM_KAFKA_ENABLE_IDEMPOTENCE", "true") == "true"
-        return Endpoints(bootstrap, server, idempotence=idempotence)
-    result = subprocess.run(
-        [sys.executable, str(ROOT / "scripts" / "localinfra.py"), "up"],
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    if result.returncode != 0:
-        raise BenchFailure(f"local infrastructure did not start: {result.stderr.strip()}")
-    env = dict(
-        line.split("=", 1) for line in (ROOT / ".state" / "infra.env").read_text().splitlines()
-    )
-    return Endpoints(
-        env["CRM_KAFKA_BOOTSTRAP"],
-        env["CRM_DATABASE_URL"],
-        idempotence=env["CRM_KAFKA_ENABLE_IDEMPOTENCE"] == "true",
-    )
+    try:
+        return environment_endpoints() or local_endpoints()
+    except InfrastructureUnavailable as refusal:
+        raise BenchFailure(f"local infrastructure did not start: {refusal}") from refusal
 
 
 def local_broker_pid() -> int | None:

@@ -11,7 +11,6 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
-import sys
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -20,7 +19,13 @@ import asyncpg
 import pytest
 
 from crm_shared.kafka import create_topics
-from tests.support import Endpoints, database_url
+from tests.support import (
+    Endpoints,
+    InfrastructureUnavailable,
+    database_url,
+    environment_endpoints,
+    local_endpoints,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 TEST_PARTITIONS = 3
@@ -43,38 +48,20 @@ def _from_testcontainers() -> Iterator[Endpoints]:
         )
 
 
-def _from_local_scripts() -> Endpoints:
-    given_any = bool(os.environ.get("CRM_KAFKA_BOOTSTRAP") or os.environ.get("CRM_DATABASE_URL"))
-    result = subprocess.run(
-        [sys.executable, str(ROOT / "scripts" / "localinfra.py"), "up"],
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    if result.returncode != 0:
-        pytest.exit(f"local infrastructure did not start: {result.stderr.strip()}", returncode=3)
-    state = Path(os.environ.get("CRM_STATE_DIR", ROOT / ".state"))
-    env = dict(line.split("=", 1) for line in (state / "infra.env").read_text().splitlines())
-    return Endpoints(
-        env["CRM_KAFKA_BOOTSTRAP"],
-        env["CRM_DATABASE_URL"],
-        idempotence=env["CRM_KAFKA_ENABLE_IDEMPOTENCE"] == "true",
-        origin="environment" if given_any else "local",
-    )
-
-
 @pytest.fixture(scope="session")
 def endpoints() -> Iterator[Endpoints]:
-    bootstrap = os.environ.get("CRM_KAFKA_BOOTSTRAP")
-    server = os.environ.get("CRM_DATABASE_URL")
-    if bootstrap and server:
-        idempotence = os.environ.get("CRM_KAFKA_ENABLE_IDEMPOTENCE", "true") == "true"
-        yield Endpoints(bootstrap, server, idempotence=idempotence)
-    elif not (bootstrap or server) and _docker_answers():
+    given = environment_endpoints()
+    if given is not None:
+        yield given
+    elif not (os.environ.get("CRM_KAFKA_BOOTSTRAP") or os.environ.get("CRM_DATABASE_URL")) and (
+        _docker_answers()
+    ):
         yield from _from_testcontainers()
     else:
-        # The local scripts use whichever endpoint is given and start the other one.
-        yield _from_local_scripts()
+        try:
+            yield local_endpoints()
+        except InfrastructureUnavailable as refusal:
+            pytest.exit(f"local infrastructure did not start: {refusal}", returncode=3)
 
 
 @pytest.fixture

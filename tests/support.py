@@ -35,6 +35,43 @@ class Endpoints:
     """Where they came from: environment, testcontainers or local (scripts/localinfra.py)."""
 
 
+class InfrastructureUnavailable(RuntimeError):
+    """`scripts/localinfra.py up` failed; the message is its one-line explanation."""
+
+
+def environment_endpoints() -> Endpoints | None:
+    """Both endpoints from CRM_KAFKA_BOOTSTRAP and CRM_DATABASE_URL, when both are set."""
+    bootstrap = os.environ.get("CRM_KAFKA_BOOTSTRAP")
+    server = os.environ.get("CRM_DATABASE_URL")
+    if not (bootstrap and server):
+        return None
+    idempotence = os.environ.get("CRM_KAFKA_ENABLE_IDEMPOTENCE", "true") == "true"
+    return Endpoints(bootstrap, server, idempotence=idempotence)
+
+
+def local_endpoints() -> Endpoints:
+    """Start (or reuse) the local infrastructure; it uses whichever endpoint the environment
+    gives and starts the other one."""
+    given_any = bool(os.environ.get("CRM_KAFKA_BOOTSTRAP") or os.environ.get("CRM_DATABASE_URL"))
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "localinfra.py"), "up"],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
+    if result.returncode != 0:
+        raise InfrastructureUnavailable(result.stderr.strip())
+    state = Path(os.environ.get("CRM_STATE_DIR", ROOT / ".state"))
+    env = dict(line.split("=", 1) for line in (state / "infra.env").read_text().splitlines())
+    return Endpoints(
+        env["CRM_KAFKA_BOOTSTRAP"],
+        env["CRM_DATABASE_URL"],
+        idempotence=env["CRM_KAFKA_ENABLE_IDEMPOTENCE"] == "true",
+        origin="environment" if given_any else "local",
+    )
+
+
 def database_url(server_url: str, database: str) -> str:
     return urlunsplit(urlsplit(server_url)._replace(path=f"/{database}"))
 
