@@ -192,10 +192,17 @@ async def test_ingest_refuses_bad_requests_precisely(platform: dict[str, Service
             }
         ]
         huge = await http.post(
-            url, content=b"x" * (600 * 1024), headers={**CE_JSON, **basic(WRITE_KEY)}
+            url, content=b"x" * (3 * 1024 * 1024), headers={**CE_JSON, **basic(WRITE_KEY)}
         )
         assert huge.status_code == 413
-        assert "limit of 524288 bytes" in huge.json()["detail"]
+        assert "limit of 2097152 bytes" in huge.json()["detail"]
+        big_event = json.loads(good)
+        big_event["data"]["title"] = "t" * 40_000
+        big = await http.post(
+            url, content=json.dumps(big_event), headers={**CE_JSON, **basic(WRITE_KEY)}
+        )
+        assert big.status_code == 413
+        assert big.json()["detail"].endswith("the limit is 32768")
         profile_api = await http.get(
             f"{platform['profile'].url}/v1/profiles", params={"email": "a@b.co"}
         )

@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-from aiokafka.errors import TopicAlreadyExistsError, for_code
+from aiokafka.errors import KafkaError, TopicAlreadyExistsError, for_code
 from faststream.kafka import KafkaBroker
 
 from crm_shared.contracts.topics import TOPICS, Topic
@@ -78,6 +78,33 @@ async def publish_all(producer: AIOKafkaProducer, records: Iterable[OutgoingReco
     ]
     if pending:
         await asyncio.gather(*pending)
+
+
+async def publish_each(
+    producer: AIOKafkaProducer, records: Sequence[OutgoingRecord], timeout: float
+) -> list[bool]:
+    """Publish in order and wait at most `timeout` seconds in all; for each record, whether the
+    broker acknowledged it by then. A record not acknowledged may still be written later:
+    senders retry it, and consumers drop the copy."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    futures: list[asyncio.Future[object]] = []
+    try:
+        async with asyncio.timeout_at(deadline):
+            for r in records:
+                futures.append(
+                    await producer.send(r.topic, r.value, key=r.key, headers=r.kafka_headers())
+                )
+    except (TimeoutError, KafkaError):
+        pass  # the records not handed to the producer count as not acknowledged
+    acknowledged = [False] * len(records)
+    if futures:
+        done, _ = await asyncio.wait(futures, timeout=max(0.0, deadline - loop.time()))
+        for i, future in enumerate(futures):
+            acknowledged[i] = (
+                future in done and not future.cancelled() and future.exception() is None
+            )
+    return acknowledged
 
 
 async def ping(producer: AIOKafkaProducer, timeout: float = 2.0) -> bool:

@@ -1,22 +1,27 @@
-"""Ingest's HTTP API: `POST /v1/events` takes one CloudEvent and answers 202 only once the
-broker has acknowledged it on `crm.touchpoints.v1`."""
+"""Ingest's HTTP API: `POST /v1/events` takes one CloudEvent or a batch, and answers that an
+event is accepted only once the broker has acknowledged it on `crm.touchpoints.v1`."""
 
 from __future__ import annotations
 
-import asyncio
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from aiokafka.errors import KafkaError
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 from prometheus_client import Counter
-from pydantic import ValidationError
 
+from crm_ingest.acceptance import (
+    BatchTooLarge,
+    NotABatch,
+    Outcome,
+    Rules,
+    check_event,
+    split_batch,
+)
 from crm_ingest.auth import check_write_key
 from crm_ingest.settings import IngestSettings
-from crm_shared.contracts import TOUCHPOINT_ADAPTER, TOUCHPOINTS
-from crm_shared.errors import field_errors
-from crm_shared.kafka import CLOUDEVENTS_CONTENT_TYPE, OutgoingRecord, publish_all
+from crm_shared.contracts import TOUCHPOINTS
+from crm_shared.kafka import CLOUDEVENTS_CONTENT_TYPE, OutgoingRecord, publish_each
 from crm_shared.logging import get_logger
 from crm_shared.problems import problem
 from crm_shared.service import runtime_of
@@ -27,6 +32,11 @@ ACCEPTED = Counter("crm_ingest_events_accepted_total", "Events acknowledged by t
 REJECTED = Counter("crm_ingest_events_rejected_total", "Events refused, by reason", ["reason"])
 
 SINGLE_TYPES = (CLOUDEVENTS_CONTENT_TYPE, "application/json")
+BATCH_CONTENT_TYPE = "application/cloudevents-batch+json"
+UNAVAILABLE_DETAIL = (
+    "the broker did not acknowledge the event in time, so it may not be stored; send it again "
+    "later (a repeat with the same source and id is recognised as a duplicate)"
+)
 RETRY_AFTER_S = "5"
 
 EXAMPLE = {
@@ -69,10 +79,51 @@ async def _read_limited(request: Request, limit: int) -> bytes | None:
     return b"".join(chunks)
 
 
+def _record(topic: str, event: Any) -> OutgoingRecord:
+    return OutgoingRecord(
+        topic=topic,
+        key=event.data.identities.strongest().encode(),
+        value=event.model_dump_json(exclude_none=True).encode(),
+        headers={"content-type": CLOUDEVENTS_CONTENT_TYPE},
+    )
+
+
+def _count(outcomes: list[Outcome]) -> None:
+    for outcome in outcomes:
+        if outcome.status == "accepted":
+            ACCEPTED.inc()
+        elif outcome.status == "retry":
+            REJECTED.labels("broker_unavailable").inc()
+        else:
+            REJECTED.labels("too_large" if outcome.too_large else "invalid").inc()
+
+
+BATCH_EXAMPLE = {
+    "accepted": 1,
+    "rejected": 1,
+    "retry": 0,
+    "results": [
+        {"index": 0, "id": "9f1c2d3e-web-0001", "status": "accepted"},
+        {
+            "index": 1,
+            "id": "9f1c2d3e-web-0002",
+            "status": "rejected",
+            "errors": [{"field": "data.url", "reason": "Field required"}],
+        },
+    ],
+}
+
+
 @router.post(
     "/events",
     status_code=202,
-    summary="Accept one touchpoint as a CloudEvent",
+    summary="Accept one touchpoint, or a batch of them, as CloudEvents",
+    description="`application/cloudevents+json` (or `application/json`): one event, answered "
+    "202 once the broker acknowledged it. `application/cloudevents-batch+json`: a JSON array of "
+    "up to CRM_MAX_BATCH_EVENTS events, answered per event (index, id, accepted, rejected with "
+    "each field and reason, or retry when the broker did not acknowledge in time): 202 when all "
+    "were accepted, 207 when some were rejected, 503 with Retry-After when some should be sent "
+    "again. A repeat of an event with the same source and id is recognised as a duplicate.",
     openapi_extra={
         "requestBody": {
             "required": True,
@@ -82,65 +133,96 @@ async def _read_limited(request: Request, limit: int) -> bytes | None:
                     "example": EXAMPLE,
                 },
                 "application/json": {"example": EXAMPLE},
+                BATCH_CONTENT_TYPE: {
+                    "schema": {
+                        "type": "array",
+                        "items": {"$ref": "#/components/schemas/TouchpointEvent"},
+                    },
+                    "example": [EXAMPLE],
+                },
             },
         }
     },
     responses={
         202: {
-            "description": "acknowledged by the broker",
+            "description": "every event acknowledged by the broker",
             "content": {
                 "application/json": {"example": {"id": "9f1c2d3e-web-0001", "status": "accepted"}}
             },
         },
+        207: {
+            "description": "batch: some events rejected, the rest accepted",
+            "content": {"application/json": {"example": BATCH_EXAMPLE}},
+        },
         401: {"description": "no or unknown write key"},
-        413: {"description": "body larger than CRM_MAX_BODY_BYTES"},
-        415: {"description": "not application/cloudevents+json or application/json"},
+        413: {"description": "body, event or batch larger than its limit (named)"},
+        415: {"description": "not a CloudEvents or JSON content type"},
         422: {"description": "not a valid touchpoint: each field and reason listed"},
         503: {"description": "the broker did not acknowledge in time; retry after Retry-After"},
     },
 )
-async def post_event(request: Request) -> JSONResponse:
+async def post_events(request: Request) -> JSONResponse:
     settings = _settings(request)
     check_write_key(request, settings.write_keys)
     media_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
-    if media_type not in SINGLE_TYPES:
+    if media_type not in (*SINGLE_TYPES, BATCH_CONTENT_TYPE):
         REJECTED.labels("content_type").inc()
-        return problem(415, f"content type must be one of: {', '.join(SINGLE_TYPES)}")
+        accepted = ", ".join((*SINGLE_TYPES, BATCH_CONTENT_TYPE))
+        return problem(415, f"content type must be one of: {accepted}")
     body = await _read_limited(request, settings.max_body_bytes)
     if body is None:
         REJECTED.labels("too_large").inc()
         return problem(413, f"the body is larger than the limit of {settings.max_body_bytes} bytes")
-    try:
-        event: Any = TOUCHPOINT_ADAPTER.validate_json(body)
-    except ValidationError as exc:
-        REJECTED.labels("invalid").inc()
-        return problem(422, "the event is not a valid touchpoint", errors=field_errors(exc))
-    if event.profileid is not None:
-        REJECTED.labels("invalid").inc()
-        return problem(
-            422,
-            "the event is not a valid touchpoint",
-            errors=[{"field": "profileid", "reason": "is set by the platform, not by senders"}],
-        )
+    batch = media_type == BATCH_CONTENT_TYPE
+    if batch:
+        try:
+            raws = split_batch(body, settings.max_batch_events)
+        except NotABatch as exc:
+            REJECTED.labels("invalid").inc()
+            return problem(413 if isinstance(exc, BatchTooLarge) else 422, str(exc))
+    else:
+        raws = [body]
 
-    record = OutgoingRecord(
-        topic=TOUCHPOINTS.full_name(settings.topic_prefix),
-        key=event.data.identities.strongest().encode(),
-        value=event.model_dump_json(exclude_none=True).encode(),
-        headers={"content-type": CLOUDEVENTS_CONTENT_TYPE},
+    rules = Rules(
+        max_event_bytes=settings.max_event_bytes,
+        default_phone_region=settings.default_phone_region,
+        max_future=timedelta(seconds=settings.max_future_skew_s),
     )
-    try:
-        await asyncio.wait_for(
-            publish_all(runtime_of(request).producer, [record]), settings.produce_timeout_s
+    now = datetime.now(UTC)
+    outcomes = [check_event(raw, index, rules, now) for index, raw in enumerate(raws)]
+    pending = [o for o in outcomes if o.event is not None]
+    topic = TOUCHPOINTS.full_name(settings.topic_prefix)
+    acknowledged = await publish_each(
+        runtime_of(request).producer,
+        [_record(topic, o.event) for o in pending],
+        settings.produce_timeout_s,
+    )
+    for outcome, ok in zip(pending, acknowledged, strict=True):
+        outcome.status = "accepted" if ok else "retry"
+        outcome.event = None
+    _count(outcomes)
+    if not all(acknowledged):
+        log.warning(
+            "broker did not acknowledge in time",
+            pending=len(pending),
+            acknowledged=sum(acknowledged),
         )
-    except (TimeoutError, KafkaError) as exc:
-        REJECTED.labels("broker_unavailable").inc()
-        log.warning("broker did not acknowledge", error_class=type(exc).__name__, event_id=event.id)
-        return problem(
-            503,
-            "the broker did not acknowledge the event in time, so it may not be stored; send it "
-            "again later (a repeat with the same source and id is recognised as a duplicate)",
-            headers={"Retry-After": RETRY_AFTER_S},
-        )
-    ACCEPTED.inc()
-    return JSONResponse({"id": event.id, "status": "accepted"}, status_code=202)
+    return _batch_answer(outcomes) if batch else _single_answer(outcomes[0])
+
+
+def _single_answer(outcome: Outcome) -> JSONResponse:
+    if outcome.status == "accepted":
+        return JSONResponse({"id": outcome.id, "status": "accepted"}, status_code=202)
+    if outcome.status == "retry":
+        return problem(503, UNAVAILABLE_DETAIL, headers={"Retry-After": RETRY_AFTER_S})
+    if outcome.too_large:
+        return problem(413, outcome.errors[0]["reason"])
+    return problem(422, "the event is not a valid touchpoint", errors=outcome.errors)
+
+
+def _batch_answer(outcomes: list[Outcome]) -> JSONResponse:
+    counts = {s: sum(o.status == s for o in outcomes) for s in ("accepted", "rejected", "retry")}
+    body = {**counts, "results": [o.answer() for o in outcomes]}
+    if counts["retry"]:
+        return JSONResponse(body, status_code=503, headers={"Retry-After": RETRY_AFTER_S})
+    return JSONResponse(body, status_code=207 if counts["rejected"] else 202)

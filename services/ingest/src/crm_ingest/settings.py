@@ -18,7 +18,22 @@ class IngestSettings(ServiceSettings):
         description="write keys accepted by ingest (Basic-auth user name or Bearer token), "
         "comma separated",
     )
-    max_body_bytes: int = Field(default=512 * 1024, ge=1024, description="largest request body")
+    max_body_bytes: int = Field(
+        default=2 * 1024 * 1024, ge=1024, description="largest request body (a whole batch)"
+    )
+    max_event_bytes: int = Field(
+        default=32 * 1024, ge=256, description="largest single event, as JSON"
+    )
+    max_batch_events: int = Field(default=500, ge=1, description="most events in one batch")
+    default_phone_region: str | None = Field(
+        default=None,
+        pattern=r"^[A-Z]{2}$",
+        description="ISO 3166 region of phone numbers sent without a country code (e.g. LT); "
+        "unset: such numbers are refused",
+    )
+    max_future_skew_s: float = Field(
+        default=300.0, ge=0, description="how far in the future an event's time may be"
+    )
     produce_timeout_s: float = Field(
         default=5.0, gt=0, description="longest wait for the broker's acknowledgement before a 503"
     )

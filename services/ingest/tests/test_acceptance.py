@@ -1,0 +1,107 @@
+"""Ingest's acceptance rules, one event at a time: size, contract, normalisation."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+
+from crm_ingest.acceptance import BatchTooLarge, NotABatch, Rules, check_event, split_batch
+from crm_shared.contracts.examples import example_event
+
+NOW = datetime(2026, 11, 20, 10, 20, tzinfo=UTC)
+RULES = Rules(max_event_bytes=4096, default_phone_region=None, max_future=timedelta(minutes=5))
+
+
+def raw(document: dict[str, Any]) -> bytes:
+    return json.dumps(document).encode()
+
+
+def test_a_valid_event_waits_for_the_broker_normalised() -> None:
+    document = example_event("crm.touchpoint.phone.call_completed")
+    document["time"] = "2026-11-20T12:15:00+02:00"
+    outcome = check_event(raw(document), 3, RULES, NOW)
+    assert outcome.status == "retry"
+    assert outcome.index == 3
+    assert outcome.event.data.identities.phone == "+37060000001"
+    assert outcome.event.time.tzinfo == UTC
+    assert outcome.event.time == datetime(2026, 11, 20, 10, 15, tzinfo=UTC)
+
+
+@pytest.mark.parametrize(
+    ("phone", "region", "expected"),
+    [
+        ("+370 600 00001", None, "+37060000001"),
+        ("8 600 00001", "LT", "+37060000001"),
+        ("(415) 555-2671", "US", "+14155552671"),
+    ],
+)
+def test_phone_numbers_become_e164(phone: str, region: str | None, expected: str) -> None:
+    document = example_event("crm.touchpoint.phone.sms_received")
+    document["data"]["identities"]["phone"] = phone
+    rules = Rules(4096, region, timedelta(minutes=5))
+    assert check_event(raw(document), 0, rules, NOW).event.data.identities.phone == expected
+
+
+@pytest.mark.parametrize(
+    ("phone", "reason"),
+    [
+        ("8 600 00001", "has no country code"),
+        ("+370 600", "is not a valid phone number of LT"),
+        ("+999 123456", "unknown country code"),
+    ],
+)
+def test_bad_phone_numbers_are_refused_with_the_reason(phone: str, reason: str) -> None:
+    document = example_event("crm.touchpoint.phone.sms_received", event_id="sms-9")
+    document["data"]["identities"]["phone"] = phone
+    outcome = check_event(raw(document), 0, RULES, NOW)
+    assert outcome.status == "rejected"
+    assert outcome.id == "sms-9"
+    assert outcome.errors[0]["field"] == "data.identities.phone"
+    assert reason in outcome.errors[0]["reason"]
+
+
+def test_events_too_far_in_the_future_are_refused() -> None:
+    document = example_event("crm.touchpoint.web.page_viewed")
+    document["time"] = "2026-11-20T10:26:00Z"
+    outcome = check_event(raw(document), 0, RULES, NOW)
+    assert outcome.errors == [
+        {
+            "field": "time",
+            "reason": "is 360 s in the future; at most 300 s of clock skew is accepted",
+        }
+    ]
+    document["time"] = "2026-11-20T10:24:00Z"
+    assert check_event(raw(document), 0, RULES, NOW).status == "retry"
+
+
+def test_size_contract_and_platform_fields_are_refused_precisely() -> None:
+    big = example_event("crm.touchpoint.web.form_submitted")
+    big["data"]["fields"] = {"note": "x" * 5000}
+    too_large = check_event(raw(big), 0, RULES, NOW)
+    assert too_large.too_large
+    assert too_large.errors[0]["reason"].endswith("the limit is 4096")
+    assert too_large.id == big["id"]
+
+    invalid = example_event("crm.touchpoint.web.page_viewed")
+    del invalid["data"]["url"]
+    assert check_event(raw(invalid), 0, RULES, NOW).errors == [
+        {"field": "data.url", "reason": "Field required"}
+    ]
+    resolved = example_event("crm.touchpoint.web.page_viewed")
+    resolved["profileid"] = "p-1"
+    assert check_event(raw(resolved), 0, RULES, NOW).errors[0]["field"] == "profileid"
+    assert check_event(b"{nope", 0, RULES, NOW).id is None
+
+
+def test_batches_are_json_arrays_within_the_limit() -> None:
+    events = [example_event("crm.touchpoint.web.page_viewed", event_id=f"e{i}") for i in range(3)]
+    parts = split_batch(json.dumps(events).encode(), max_events=3)
+    assert [json.loads(p)["id"] for p in parts] == ["e0", "e1", "e2"]
+    with pytest.raises(BatchTooLarge, match="4 events; the limit is 3"):
+        split_batch(json.dumps([*events, events[0]]).encode(), max_events=3)
+    for body, reason in [(b"{}", "JSON array"), (b"[]", "empty"), (b"[{", "invalid JSON")]:
+        with pytest.raises(NotABatch, match=reason):
+            split_batch(body, max_events=3)
