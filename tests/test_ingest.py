@@ -4,11 +4,13 @@ normalised; everything else is refused per event with its field and reason."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Any
 
 import httpx
 
 from crm_ingest.app import build
+from crm_ingest.keys import add_key
 from crm_ingest.settings import IngestSettings
 from crm_shared.contracts import TOUCHPOINTS
 from crm_shared.contracts.examples import example_event
@@ -75,3 +77,61 @@ async def test_a_batch_is_answered_per_event_and_only_accepted_events_reach_the_
     assert phone_event["data"]["identities"]["phone"] == "+37060000002"
     assert phone_event["time"] == "2026-11-20T10:15:00Z"
     assert by_id["b-0"][0] == b"email:ana.petrova@example.org"
+
+
+async def test_write_keys_scope_channels_and_limit_rates(
+    endpoints: Endpoints, topic_prefix: str, tmp_path: Path
+) -> None:
+    file = tmp_path / "keys.json"
+    web_key = add_key(file, "shop-frontend", ["web"])
+    phone_key = add_key(file, "call-centre", ["phone"])
+    settings = settings_for(endpoints, topic_prefix).model_copy(
+        update={
+            "write_keys_file": file,
+            "rate_limit_events_per_s": 1.0,
+            "rate_limit_burst": 4,
+            "max_batch_events": 4,
+        }
+    )
+    web = example_event("crm.touchpoint.web.page_viewed", event_id="k-web")
+    call = example_event("crm.touchpoint.phone.call_completed", event_id="k-call")
+
+    def auth(key: str) -> dict[str, str]:
+        return {"Authorization": f"Bearer {key}"}
+
+    service = build(settings)
+    async with (
+        running(service),
+        httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=service.app), base_url="http://ingest"
+        ) as http,
+    ):
+        single = {"Content-Type": "application/cloudevents+json"}
+        dev = await http.post(
+            "/v1/events", content=json.dumps(web), headers={**single, **auth("dev-write-key")}
+        )
+        forbidden = await http.post(
+            "/v1/events", content=json.dumps(call), headers={**single, **auth(web_key)}
+        )
+        mixed = await http.post(
+            "/v1/events", content=json.dumps([web, call]), headers={**BATCH, **auth(web_key)}
+        )
+        allowed = await http.post(
+            "/v1/events", content=json.dumps(call), headers={**single, **auth(phone_key)}
+        )
+        limited = await http.post(
+            "/v1/events", content=json.dumps([web, web, web]), headers={**BATCH, **auth(web_key)}
+        )
+
+    assert dev.status_code == 401, "with a key file, the development key is not accepted"
+    assert forbidden.status_code == 403
+    assert forbidden.json()["detail"] == (
+        "'phone' is not a channel of write key 'shop-frontend' (web)"
+    )
+    assert mixed.status_code == 207
+    assert [r["status"] for r in mixed.json()["results"]] == ["accepted", "rejected"]
+    assert mixed.json()["results"][1]["errors"][0]["field"] == "data.channel"
+    assert allowed.status_code == 202
+    assert limited.status_code == 429
+    assert 1 <= int(limited.headers["Retry-After"]) <= 2
+    assert "1 events per second" in limited.json()["detail"]

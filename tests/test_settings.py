@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 from pydantic import ValidationError
 
@@ -9,20 +11,26 @@ from crm_ingest.settings import IngestSettings
 from crm_profile.settings import ProfileSettings
 
 
-def test_production_refuses_the_development_write_key_token_and_test_hooks(
-    monkeypatch: pytest.MonkeyPatch,
+def test_production_refuses_the_development_key_token_and_test_hooks(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
     monkeypatch.setenv("CRM_ENV", "production")
-    with pytest.raises(ValidationError, match="development write key"):
+    with pytest.raises(ValidationError, match="CRM_WRITE_KEYS_FILE is required in production"):
         IngestSettings()
     with pytest.raises(ValidationError, match="development token"):
         ProfileSettings()
-    monkeypatch.setenv("CRM_WRITE_KEYS", "k-1, k-2")
+    monkeypatch.setenv("CRM_WRITE_KEYS_FILE", str(tmp_path / "keys.json"))
     monkeypatch.setenv("CRM_FAULT_CRASH_POINT", "after_db_commit")
     with pytest.raises(ValidationError, match="test hook"):
         IngestSettings()
     monkeypatch.delenv("CRM_FAULT_CRASH_POINT")
-    assert [k.get_secret_value() for k in IngestSettings().write_keys] == ["k-1", "k-2"]
+    assert IngestSettings().write_keys_file == tmp_path / "keys.json"
+
+
+def test_a_burst_smaller_than_a_batch_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CRM_RATE_LIMIT_BURST", "100")
+    with pytest.raises(ValidationError, match="CRM_RATE_LIMIT_BURST must be at least"):
+        IngestSettings()
 
 
 def test_environment_variables_carry_the_crm_prefix(monkeypatch: pytest.MonkeyPatch) -> None:

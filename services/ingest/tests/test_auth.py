@@ -6,10 +6,10 @@ import base64
 
 import pytest
 from fastapi import HTTPException
-from pydantic import SecretStr
 from starlette.requests import Request
 
-from crm_ingest.auth import check_write_key, presented_key
+from crm_ingest.auth import authenticate, presented_key
+from crm_ingest.keys import KeyRing, WriteKey, hash_key
 
 
 def request(authorization: str | None) -> Request:
@@ -39,11 +39,11 @@ def test_the_presented_key(authorization: str | None, key: str | None) -> None:
 
 
 def test_unknown_and_missing_keys_are_401_with_a_challenge() -> None:
-    accepted = [SecretStr("wk-1")]
-    check_write_key(request(basic("wk-1")), accepted)
+    keyring = KeyRing([WriteKey("shop", hash_key("wk-1"), frozenset({"web"}))])
+    assert authenticate(request(basic("wk-1")), keyring).name == "shop"
     for authorization in (None, basic("wk-9")):
         with pytest.raises(HTTPException) as raised:
-            check_write_key(request(authorization), accepted)
+            authenticate(request(authorization), keyring)
         assert raised.value.status_code == 401
         assert raised.value.headers is not None
         assert "Basic" in raised.value.headers["WWW-Authenticate"]

@@ -10,7 +10,7 @@ from typing import Any, Literal
 
 from pydantic import ValidationError
 
-from crm_shared.contracts import TOUCHPOINT_ADAPTER
+from crm_shared.contracts import CHANNELS, TOUCHPOINT_ADAPTER
 from crm_shared.errors import FieldError, field_errors
 from crm_shared.normalise import normalise_touchpoint
 
@@ -26,6 +26,7 @@ class Outcome:
     status: Status
     errors: list[FieldError] = field(default_factory=list)
     too_large: bool = False
+    forbidden: bool = False
     event: Any = None
     """The normalised event, while it waits for the broker's acknowledgement."""
 
@@ -41,6 +42,9 @@ class Rules:
     max_event_bytes: int
     default_phone_region: str | None
     max_future: timedelta
+    key_name: str = "development"
+    channels: frozenset[str] = frozenset(CHANNELS)
+    """The channels the write key may send."""
 
 
 class NotABatch(ValueError):
@@ -95,6 +99,18 @@ def check_event(raw: bytes, index: int, rules: Rules, now: datetime) -> Outcome:
         event: Any = TOUCHPOINT_ADAPTER.validate_json(raw)
     except ValidationError as exc:
         return Outcome(index, _id_of(raw), "rejected", field_errors(exc))
+    if event.data.channel not in rules.channels:
+        allowed = ", ".join(sorted(rules.channels))
+        reason = (
+            f"{event.data.channel!r} is not a channel of write key {rules.key_name!r} ({allowed})"
+        )
+        return Outcome(
+            index,
+            event.id,
+            "rejected",
+            [{"field": "data.channel", "reason": reason}],
+            forbidden=True,
+        )
     if event.profileid is not None:
         problem: FieldError = {
             "field": "profileid",

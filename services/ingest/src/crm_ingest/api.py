@@ -3,6 +3,7 @@ event is accepted only once the broker has acknowledged it on `crm.touchpoints.v
 
 from __future__ import annotations
 
+import math
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -18,7 +19,8 @@ from crm_ingest.acceptance import (
     check_event,
     split_batch,
 )
-from crm_ingest.auth import check_write_key
+from crm_ingest.auth import authenticate
+from crm_ingest.gate import Gate
 from crm_ingest.settings import IngestSettings
 from crm_shared.contracts import TOUCHPOINTS
 from crm_shared.kafka import CLOUDEVENTS_CONTENT_TYPE, OutgoingRecord, publish_each
@@ -28,8 +30,16 @@ from crm_shared.service import runtime_of
 
 log = get_logger(__name__)
 
-ACCEPTED = Counter("crm_ingest_events_accepted_total", "Events acknowledged by the broker")
-REJECTED = Counter("crm_ingest_events_rejected_total", "Events refused, by reason", ["reason"])
+ACCEPTED = Counter(
+    "crm_ingest_events_accepted_total",
+    "Events acknowledged by the broker, by write key",
+    ["source"],
+)
+REJECTED = Counter(
+    "crm_ingest_events_rejected_total",
+    "Events refused, by write key and reason",
+    ["source", "reason"],
+)
 
 SINGLE_TYPES = (CLOUDEVENTS_CONTENT_TYPE, "application/json")
 BATCH_CONTENT_TYPE = "application/cloudevents-batch+json"
@@ -88,14 +98,16 @@ def _record(topic: str, event: Any) -> OutgoingRecord:
     )
 
 
-def _count(outcomes: list[Outcome]) -> None:
+def _count(source: str, outcomes: list[Outcome]) -> None:
     for outcome in outcomes:
         if outcome.status == "accepted":
-            ACCEPTED.inc()
+            ACCEPTED.labels(source).inc()
         elif outcome.status == "retry":
-            REJECTED.labels("broker_unavailable").inc()
+            REJECTED.labels(source, "broker_unavailable").inc()
+        elif outcome.too_large:
+            REJECTED.labels(source, "too_large").inc()
         else:
-            REJECTED.labels("too_large" if outcome.too_large else "invalid").inc()
+            REJECTED.labels(source, "forbidden" if outcome.forbidden else "invalid").inc()
 
 
 BATCH_EXAMPLE = {
@@ -155,38 +167,52 @@ BATCH_EXAMPLE = {
             "content": {"application/json": {"example": BATCH_EXAMPLE}},
         },
         401: {"description": "no or unknown write key"},
+        403: {"description": "the event's channel is not one of the write key's channels"},
         413: {"description": "body, event or batch larger than its limit (named)"},
         415: {"description": "not a CloudEvents or JSON content type"},
         422: {"description": "not a valid touchpoint: each field and reason listed"},
+        429: {"description": "the write key's rate limit is used up; retry after Retry-After"},
         503: {"description": "the broker did not acknowledge in time; retry after Retry-After"},
     },
 )
 async def post_events(request: Request) -> JSONResponse:
     settings = _settings(request)
-    check_write_key(request, settings.write_keys)
+    gate: Gate = request.app.state.gate
+    key = authenticate(request, gate.keyring)
     media_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if media_type not in (*SINGLE_TYPES, BATCH_CONTENT_TYPE):
-        REJECTED.labels("content_type").inc()
+        REJECTED.labels(key.name, "content_type").inc()
         accepted = ", ".join((*SINGLE_TYPES, BATCH_CONTENT_TYPE))
         return problem(415, f"content type must be one of: {accepted}")
     body = await _read_limited(request, settings.max_body_bytes)
     if body is None:
-        REJECTED.labels("too_large").inc()
+        REJECTED.labels(key.name, "too_large").inc()
         return problem(413, f"the body is larger than the limit of {settings.max_body_bytes} bytes")
     batch = media_type == BATCH_CONTENT_TYPE
     if batch:
         try:
             raws = split_batch(body, settings.max_batch_events)
         except NotABatch as exc:
-            REJECTED.labels("invalid").inc()
+            REJECTED.labels(key.name, "invalid").inc()
             return problem(413 if isinstance(exc, BatchTooLarge) else 422, str(exc))
     else:
         raws = [body]
+    wait_s = gate.limiter.take(key.name, len(raws))
+    if wait_s:
+        REJECTED.labels(key.name, "rate_limited").inc(len(raws))
+        return problem(
+            429,
+            f"write key {key.name!r} may send {settings.rate_limit_events_per_s:g} events per "
+            f"second (bursts of {settings.rate_limit_burst}); retry after the Retry-After seconds",
+            headers={"Retry-After": str(max(1, math.ceil(wait_s)))},
+        )
 
     rules = Rules(
         max_event_bytes=settings.max_event_bytes,
         default_phone_region=settings.default_phone_region,
         max_future=timedelta(seconds=settings.max_future_skew_s),
+        key_name=key.name,
+        channels=key.channels,
     )
     now = datetime.now(UTC)
     outcomes = [check_event(raw, index, rules, now) for index, raw in enumerate(raws)]
@@ -200,7 +226,7 @@ async def post_events(request: Request) -> JSONResponse:
     for outcome, ok in zip(pending, acknowledged, strict=True):
         outcome.status = "accepted" if ok else "retry"
         outcome.event = None
-    _count(outcomes)
+    _count(key.name, outcomes)
     if not all(acknowledged):
         log.warning(
             "broker did not acknowledge in time",
@@ -217,6 +243,8 @@ def _single_answer(outcome: Outcome) -> JSONResponse:
         return problem(503, UNAVAILABLE_DETAIL, headers={"Retry-After": RETRY_AFTER_S})
     if outcome.too_large:
         return problem(413, outcome.errors[0]["reason"])
+    if outcome.forbidden:
+        return problem(403, outcome.errors[0]["reason"])
     return problem(422, "the event is not a valid touchpoint", errors=outcome.errors)
 
 
@@ -225,4 +253,6 @@ def _batch_answer(outcomes: list[Outcome]) -> JSONResponse:
     body = {**counts, "results": [o.answer() for o in outcomes]}
     if counts["retry"]:
         return JSONResponse(body, status_code=503, headers={"Retry-After": RETRY_AFTER_S})
+    if all(o.forbidden for o in outcomes):
+        return JSONResponse(body, status_code=403)
     return JSONResponse(body, status_code=207 if counts["rejected"] else 202)

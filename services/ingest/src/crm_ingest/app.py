@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from crm_ingest.api import router
+from crm_ingest.gate import build_gate
 from crm_ingest.settings import IngestSettings
 from crm_shared.contracts import TOUCHPOINT_ADAPTER
 from crm_shared.installed import ServiceDescriptor
@@ -12,11 +13,13 @@ from crm_shared.service import Service
 
 
 def build(settings: IngestSettings | None = None) -> Service:
+    settings = settings or IngestSettings()
     service = Service(
-        settings or IngestSettings(),
+        settings,
         title="crm ingest",
         description="The front door for touchpoints from every channel.",
     )
+    service.app.state.gate = build_gate(settings)
     service.app.include_router(router)
     _add_contract_schema(service.app)
     return service

@@ -4,12 +4,10 @@ from __future__ import annotations
 
 import base64
 import binascii
-import hmac
-from collections.abc import Sequence
 
 from fastapi import HTTPException, Request
-from pydantic import SecretStr
 
+from crm_ingest.keys import KeyRing, WriteKey
 from crm_shared.auth import bearer_token
 
 
@@ -27,12 +25,15 @@ def presented_key(request: Request) -> str | None:
     return user or None
 
 
-def check_write_key(request: Request, accepted: Sequence[SecretStr]) -> None:
-    key = presented_key(request)
+def authenticate(request: Request, keyring: KeyRing) -> WriteKey:
+    """The write key of the request, or 401 with a challenge."""
+    presented = presented_key(request)
     challenge = {"WWW-Authenticate": 'Basic realm="ingest", Bearer'}
-    if key is None:
+    if presented is None:
         raise HTTPException(
             401, "a write key is required (Basic-auth user name or Bearer token)", headers=challenge
         )
-    if not any(hmac.compare_digest(key.encode(), k.get_secret_value().encode()) for k in accepted):
+    key = keyring.find(presented)
+    if key is None:
         raise HTTPException(401, "the write key is not valid", headers=challenge)
+    return key

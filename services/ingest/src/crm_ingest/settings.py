@@ -2,21 +2,27 @@
 
 from __future__ import annotations
 
-from typing import Annotated, ClassVar
+from pathlib import Path
+from typing import ClassVar
 
-from pydantic import Field, SecretStr, model_validator
-from pydantic_settings import NoDecode
+from pydantic import Field, model_validator
 
-from crm_shared.settings import DEV_WRITE_KEY, ServiceSettings
+from crm_shared.settings import ServiceSettings
 
 
 class IngestSettings(ServiceSettings):
     service_name: ClassVar[str] = "ingest"
     http_port: int = Field(default=8000, ge=1, le=65535, description="HTTP port")
-    write_keys: Annotated[list[SecretStr], NoDecode] = Field(
-        default_factory=lambda: [SecretStr(DEV_WRITE_KEY)],
-        description="write keys accepted by ingest (Basic-auth user name or Bearer token), "
-        "comma separated",
+    write_keys_file: Path | None = Field(
+        default=None,
+        description="JSON file of hashed write keys and their channels, managed with "
+        "`crm-ingest keys`; unset (development only): the key dev-write-key, every channel",
+    )
+    rate_limit_events_per_s: float = Field(
+        default=1000.0, gt=0, description="events per second one write key may send, per instance"
+    )
+    rate_limit_burst: int = Field(
+        default=5000, ge=1, description="events one write key may send at once, per instance"
     )
     max_body_bytes: int = Field(
         default=2 * 1024 * 1024, ge=1024, description="largest request body (a whole batch)"
@@ -38,18 +44,16 @@ class IngestSettings(ServiceSettings):
         default=5.0, gt=0, description="longest wait for the broker's acknowledgement before a 503"
     )
 
-    @model_validator(mode="before")
-    @classmethod
-    def _split_keys(cls, values: dict[str, object]) -> dict[str, object]:
-        raw = values.get("write_keys")
-        if isinstance(raw, str):
-            values["write_keys"] = [k.strip() for k in raw.split(",") if k.strip()]
-        return values
-
     @model_validator(mode="after")
-    def _production_refuses_dev_key(self) -> IngestSettings:
-        if self.env == "production" and any(
-            k.get_secret_value() == DEV_WRITE_KEY for k in self.write_keys
-        ):
-            raise ValueError("CRM_WRITE_KEYS holds the development write key; set real keys")
+    def _keys_and_limits(self) -> IngestSettings:
+        if self.env == "production" and self.write_keys_file is None:
+            raise ValueError(
+                "CRM_WRITE_KEYS_FILE is required in production (create it with "
+                "`crm-ingest keys add`); the development key is refused"
+            )
+        if self.rate_limit_burst < self.max_batch_events:
+            raise ValueError(
+                "CRM_RATE_LIMIT_BURST must be at least CRM_MAX_BATCH_EVENTS, or a full batch "
+                "could never be accepted"
+            )
         return self
