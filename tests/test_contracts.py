@@ -44,6 +44,8 @@ def test_every_channel_and_event_type_of_the_product_exists() -> None:
             "order_refunded",
             "signed_up",
             "form_submitted",
+            "tracked",
+            "screen_viewed",
         ],
         "phone": ["call_completed", "sms_received"],
         "email": [

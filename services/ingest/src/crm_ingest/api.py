@@ -4,10 +4,11 @@ event is accepted only once the broker has acknowledged it on `crm.touchpoints.v
 from __future__ import annotations
 
 import math
+import zlib
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, HTTPException, Request
 from fastapi.responses import JSONResponse
 from prometheus_client import Counter
 
@@ -21,6 +22,7 @@ from crm_ingest.acceptance import (
 )
 from crm_ingest.auth import authenticate
 from crm_ingest.gate import Gate
+from crm_ingest.keys import WriteKey
 from crm_ingest.settings import IngestSettings
 from crm_shared.contracts import TOUCHPOINTS
 from crm_shared.kafka import CLOUDEVENTS_CONTENT_TYPE, OutgoingRecord, publish_each
@@ -73,9 +75,10 @@ def _settings(request: Request) -> IngestSettings:
     return settings
 
 
-async def _read_limited(request: Request, limit: int) -> bytes | None:
-    """The body, or None once it passes `limit` bytes: the declared length is checked first and
-    the stream is counted, so an oversized body is never held in memory."""
+async def read_limited(request: Request, limit: int) -> bytes | None:
+    """The body (gunzipped when sent with `Content-Encoding: gzip`), or None once it passes
+    `limit` bytes: the declared length is checked first and the stream and the inflated size
+    are counted, so an oversized or zip-bomb body is never held in memory."""
     declared = request.headers.get("content-length", "")
     if declared.isdigit() and int(declared) > limit:
         return None
@@ -86,7 +89,64 @@ async def _read_limited(request: Request, limit: int) -> bytes | None:
         if size > limit:
             return None
         chunks.append(chunk)
-    return b"".join(chunks)
+    body = b"".join(chunks)
+    if request.headers.get("content-encoding", "").strip().lower() != "gzip":
+        return body
+    inflater = zlib.decompressobj(16 + zlib.MAX_WBITS)
+    try:
+        inflated = inflater.decompress(body, limit + 1)
+    except zlib.error:
+        raise HTTPException(400, "the body is not valid gzip") from None
+    return None if len(inflated) > limit else inflated
+
+
+class RateLimited(Exception):
+    def __init__(self, wait_s: float) -> None:
+        super().__init__(wait_s)
+        self.retry_after = str(max(1, math.ceil(wait_s)))
+
+
+async def accept(
+    request: Request, key: WriteKey, candidates: list[bytes | Outcome]
+) -> list[Outcome]:
+    """Check each candidate event (raw JSON, or an outcome already decided), publish those that
+    pass, and say what became of each; raises RateLimited before anything is checked."""
+    settings = _settings(request)
+    gate: Gate = request.app.state.gate
+    wait_s = gate.limiter.take(key.name, len(candidates))
+    if wait_s:
+        REJECTED.labels(key.name, "rate_limited").inc(len(candidates))
+        raise RateLimited(wait_s)
+    rules = Rules(
+        max_event_bytes=settings.max_event_bytes,
+        default_phone_region=settings.default_phone_region,
+        max_future=timedelta(seconds=settings.max_future_skew_s),
+        key_name=key.name,
+        channels=key.channels,
+    )
+    now = datetime.now(UTC)
+    outcomes = [
+        c if isinstance(c, Outcome) else check_event(c, index, rules, now)
+        for index, c in enumerate(candidates)
+    ]
+    pending = [o for o in outcomes if o.event is not None]
+    topic = TOUCHPOINTS.full_name(settings.topic_prefix)
+    acknowledged = await publish_each(
+        runtime_of(request).producer,
+        [_record(topic, o.event) for o in pending],
+        settings.produce_timeout_s,
+    )
+    for outcome, ok in zip(pending, acknowledged, strict=True):
+        outcome.status = "accepted" if ok else "retry"
+        outcome.event = None
+    _count(key.name, outcomes)
+    if not all(acknowledged):
+        log.warning(
+            "broker did not acknowledge in time",
+            pending=len(pending),
+            acknowledged=sum(acknowledged),
+        )
+    return outcomes
 
 
 def _record(topic: str, event: Any) -> OutgoingRecord:
@@ -184,54 +244,28 @@ async def post_events(request: Request) -> JSONResponse:
         REJECTED.labels(key.name, "content_type").inc()
         accepted = ", ".join((*SINGLE_TYPES, BATCH_CONTENT_TYPE))
         return problem(415, f"content type must be one of: {accepted}")
-    body = await _read_limited(request, settings.max_body_bytes)
+    body = await read_limited(request, settings.max_body_bytes)
     if body is None:
         REJECTED.labels(key.name, "too_large").inc()
         return problem(413, f"the body is larger than the limit of {settings.max_body_bytes} bytes")
     batch = media_type == BATCH_CONTENT_TYPE
+    raws: list[bytes | Outcome]
     if batch:
         try:
-            raws = split_batch(body, settings.max_batch_events)
+            raws = list(split_batch(body, settings.max_batch_events))
         except NotABatch as exc:
             REJECTED.labels(key.name, "invalid").inc()
             return problem(413 if isinstance(exc, BatchTooLarge) else 422, str(exc))
     else:
         raws = [body]
-    wait_s = gate.limiter.take(key.name, len(raws))
-    if wait_s:
-        REJECTED.labels(key.name, "rate_limited").inc(len(raws))
+    try:
+        outcomes = await accept(request, key, raws)
+    except RateLimited as limited:
         return problem(
             429,
             f"write key {key.name!r} may send {settings.rate_limit_events_per_s:g} events per "
             f"second (bursts of {settings.rate_limit_burst}); retry after the Retry-After seconds",
-            headers={"Retry-After": str(max(1, math.ceil(wait_s)))},
-        )
-
-    rules = Rules(
-        max_event_bytes=settings.max_event_bytes,
-        default_phone_region=settings.default_phone_region,
-        max_future=timedelta(seconds=settings.max_future_skew_s),
-        key_name=key.name,
-        channels=key.channels,
-    )
-    now = datetime.now(UTC)
-    outcomes = [check_event(raw, index, rules, now) for index, raw in enumerate(raws)]
-    pending = [o for o in outcomes if o.event is not None]
-    topic = TOUCHPOINTS.full_name(settings.topic_prefix)
-    acknowledged = await publish_each(
-        runtime_of(request).producer,
-        [_record(topic, o.event) for o in pending],
-        settings.produce_timeout_s,
-    )
-    for outcome, ok in zip(pending, acknowledged, strict=True):
-        outcome.status = "accepted" if ok else "retry"
-        outcome.event = None
-    _count(key.name, outcomes)
-    if not all(acknowledged):
-        log.warning(
-            "broker did not acknowledge in time",
-            pending=len(pending),
-            acknowledged=sum(acknowledged),
+            headers={"Retry-After": limited.retry_after},
         )
     return _batch_answer(outcomes) if batch else _single_answer(outcomes[0])
 

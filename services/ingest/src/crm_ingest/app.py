@@ -6,6 +6,7 @@ from typing import Any
 
 from crm_ingest.api import router
 from crm_ingest.gate import build_gate
+from crm_ingest.segment_api import router as segment_router
 from crm_ingest.settings import IngestSettings
 from crm_shared.contracts import TOUCHPOINT_ADAPTER
 from crm_shared.installed import ServiceDescriptor
@@ -21,6 +22,7 @@ def build(settings: IngestSettings | None = None) -> Service:
     )
     service.app.state.gate = build_gate(settings)
     service.app.include_router(router)
+    service.app.include_router(segment_router)
     _add_contract_schema(service.app)
     return service
 

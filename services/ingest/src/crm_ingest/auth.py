@@ -25,9 +25,10 @@ def presented_key(request: Request) -> str | None:
     return user or None
 
 
-def authenticate(request: Request, keyring: KeyRing) -> WriteKey:
-    """The write key of the request, or 401 with a challenge."""
-    presented = presented_key(request)
+def authenticate(request: Request, keyring: KeyRing, body_key: object = None) -> WriteKey:
+    """The write key of the request (from its headers, else `body_key`: Segment clients may
+    also send it as `writeKey` in the body), or 401 with a challenge."""
+    presented = presented_key(request) or (body_key if isinstance(body_key, str) else None)
     challenge = {"WWW-Authenticate": 'Basic realm="ingest", Bearer'}
     if presented is None:
         raise HTTPException(

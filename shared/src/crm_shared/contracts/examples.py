@@ -24,6 +24,8 @@ _PAYLOADS: dict[str, dict[str, Any]] = {
     "order_refunded": {"order_id": "o-5001", "amount": 89.9, "currency": "EUR"},
     "signed_up": {"method": "email"},
     "form_submitted": {"form_id": "contact", "fields": {"topic": "delivery"}},
+    "tracked": {"event": "Wishlist Shared", "properties": {"wishlist_id": "w-3"}},
+    "screen_viewed": {"name": "Loyalty card"},
     "call_completed": {
         "call_id": "call-9",
         "direction": "inbound",

@@ -245,7 +245,20 @@ class SurveyAnsweredData(TouchpointData):
 
 
 class IdentifyData(TouchpointData):
-    traits: Properties = Field(min_length=1)
+    """Who someone is: traits, or only identifiers that belong together."""
+
+    traits: Properties = Field(default_factory=dict)
+
+
+class TrackedData(TouchpointData):
+    """Any other action a channel tracks, by name (e.g. a Segment `track` call with no more
+    specific touchpoint type)."""
+
+    event: Annotated[str, Field(min_length=1, max_length=256)]
+
+
+class ScreenViewedData(TouchpointData):
+    name: Annotated[str, Field(min_length=1, max_length=1024)]
 
 
 class ConsentData(TouchpointData):
@@ -306,6 +319,14 @@ class SignedUp(TouchpointEnvelope[SignedUpData]):
 
 class FormSubmitted(TouchpointEnvelope[FormSubmittedData]):
     type: Literal["crm.touchpoint.web.form_submitted"]
+
+
+class Tracked(TouchpointEnvelope[TrackedData]):
+    type: Literal["crm.touchpoint.web.tracked"]
+
+
+class ScreenViewed(TouchpointEnvelope[ScreenViewedData]):
+    type: Literal["crm.touchpoint.web.screen_viewed"]
 
 
 class CallCompleted(TouchpointEnvelope[CallCompletedData]):
@@ -394,6 +415,8 @@ TOUCHPOINT_CLASSES: tuple[type[TouchpointEnvelope[Any]], ...] = (
     OrderRefunded,
     SignedUp,
     FormSubmitted,
+    Tracked,
+    ScreenViewed,
     CallCompleted,
     SmsReceived,
     EmailSent,
@@ -419,6 +442,8 @@ TouchpointEvent = Annotated[
     | OrderRefunded
     | SignedUp
     | FormSubmitted
+    | Tracked
+    | ScreenViewed
     | CallCompleted
     | SmsReceived
     | EmailSent
