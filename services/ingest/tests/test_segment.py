@@ -8,7 +8,8 @@ from typing import Any
 
 import pytest
 
-from crm_ingest.segment import Untranslatable, event_time, translate
+from crm_ingest.acceptance import Untranslatable
+from crm_ingest.segment import event_time, translate
 from crm_shared.contracts import TOUCHPOINT_ADAPTER
 
 RECEIVED = datetime(2026, 11, 20, 10, 15, 30, tzinfo=UTC)

@@ -47,6 +47,15 @@ class Rules:
     """The channels the write key may send."""
 
 
+class Untranslatable(ValueError):
+    """A provider's message (Segment, a webhook) that cannot become a touchpoint; `error` names
+    the provider's field."""
+
+    def __init__(self, field: str, reason: str) -> None:
+        super().__init__(f"{field}: {reason}")
+        self.error: FieldError = {"field": field, "reason": reason}
+
+
 class NotABatch(ValueError):
     """The body is not a usable batch (422)."""
 

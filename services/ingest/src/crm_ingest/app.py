@@ -8,6 +8,7 @@ from crm_ingest.api import router
 from crm_ingest.gate import build_gate
 from crm_ingest.segment_api import router as segment_router
 from crm_ingest.settings import IngestSettings
+from crm_ingest.webhook_api import router as webhook_router
 from crm_shared.contracts import TOUCHPOINT_ADAPTER
 from crm_shared.installed import ServiceDescriptor
 from crm_shared.service import Service
@@ -23,6 +24,7 @@ def build(settings: IngestSettings | None = None) -> Service:
     service.app.state.gate = build_gate(settings)
     service.app.include_router(router)
     service.app.include_router(segment_router)
+    service.app.include_router(webhook_router)
     _add_contract_schema(service.app)
     return service
 

@@ -14,18 +14,12 @@ from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 
-from crm_shared.errors import FieldError
+from crm_ingest.acceptance import Untranslatable
 
 SEGMENT_TYPES = ("identify", "track", "page", "screen", "group", "alias")
 PREFIX = "crm.touchpoint.web."
 
 Json = dict[str, Any]
-
-
-class Untranslatable(ValueError):
-    def __init__(self, field: str, reason: str) -> None:
-        super().__init__(f"{field}: {reason}")
-        self.error: FieldError = {"field": field, "reason": reason}
 
 
 def _text(value: Any) -> str | None:

@@ -12,11 +12,11 @@ from typing import Any
 from fastapi import APIRouter, HTTPException, Request
 from fastapi.responses import JSONResponse
 
-from crm_ingest.acceptance import Outcome
+from crm_ingest.acceptance import Outcome, Untranslatable
 from crm_ingest.api import RateLimited, accept, read_limited
 from crm_ingest.auth import authenticate
 from crm_ingest.gate import Gate
-from crm_ingest.segment import Untranslatable, translate
+from crm_ingest.segment import translate
 from crm_ingest.settings import IngestSettings
 from crm_shared.service import runtime_of
 

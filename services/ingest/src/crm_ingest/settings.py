@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import ClassVar
 
-from pydantic import Field, model_validator
+from pydantic import Field, SecretStr, model_validator
 
 from crm_shared.settings import ServiceSettings
 
@@ -42,6 +42,24 @@ class IngestSettings(ServiceSettings):
     )
     produce_timeout_s: float = Field(
         default=5.0, gt=0, description="longest wait for the broker's acknowledgement before a 503"
+    )
+
+    sendgrid_webhook_public_key: str | None = Field(
+        default=None,
+        description="SendGrid's Event Webhook verification key (base64); unset: the webhook "
+        "answers 404",
+    )
+    webhook_timestamp_tolerance_s: float = Field(
+        default=300.0, gt=0, description="how old a signed webhook timestamp may be"
+    )
+    twilio_auth_token: SecretStr | None = Field(
+        default=None,
+        description="Twilio auth token that signs its callbacks; unset: they answer 404",
+    )
+    public_base_url: str | None = Field(
+        default=None,
+        description="the base URL providers call (behind a proxy it differs from what ingest "
+        "sees); Twilio signs the full URL",
     )
 
     @model_validator(mode="after")
