@@ -156,6 +156,8 @@ async def test_each_service_reports_health_readiness_and_metrics(
             assert ready == {"status": "ready", "checks": expected}
             metrics = await http.get(f"{service.url}/metrics")
             assert "crm_http_request_duration_seconds" in metrics.text
+            if name == "ingest":
+                assert "crm_ingest_produce_seconds_bucket" in metrics.text
 
 
 async def test_ingest_refuses_bad_requests_precisely(platform: dict[str, ServiceProcess]) -> None:

@@ -4,13 +4,14 @@ event is accepted only once the broker has acknowledged it on `crm.touchpoints.v
 from __future__ import annotations
 
 import math
+import time
 import zlib
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from fastapi import APIRouter, HTTPException, Request
 from fastapi.responses import JSONResponse
-from prometheus_client import Counter
+from prometheus_client import Counter, Histogram
 
 from crm_ingest.acceptance import (
     BatchTooLarge,
@@ -36,6 +37,11 @@ ACCEPTED = Counter(
     "crm_ingest_events_accepted_total",
     "Events acknowledged by the broker, by write key",
     ["source"],
+)
+PRODUCE_LATENCY = Histogram(
+    "crm_ingest_produce_seconds",
+    "From handing a request's events to the producer to the broker's last acknowledgement",
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
 )
 REJECTED = Counter(
     "crm_ingest_events_rejected_total",
@@ -131,11 +137,14 @@ async def accept(
     ]
     pending = [o for o in outcomes if o.event is not None]
     topic = TOUCHPOINTS.full_name(settings.topic_prefix)
+    started = time.perf_counter()
     acknowledged = await publish_each(
         runtime_of(request).producer,
         [_record(topic, o.event) for o in pending],
         settings.produce_timeout_s,
     )
+    if pending:
+        PRODUCE_LATENCY.observe(time.perf_counter() - started)
     for outcome, ok in zip(pending, acknowledged, strict=True):
         outcome.status = "accepted" if ok else "retry"
         outcome.event = None
