@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -278,8 +280,6 @@ def _http_ok(url: str) -> bool:
 
 
 def free_port() -> int:
-    import socket
-
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port: int = sock.getsockname()[1]
@@ -287,6 +287,4 @@ def free_port() -> int:
 
 
 def values_of(records: list[ConsumerRecord[bytes, bytes]]) -> list[Any]:
-    import json
-
     return [json.loads(r.value) if r.value is not None else None for r in records]

@@ -75,10 +75,20 @@ EXAMPLE = {
 router = APIRouter(prefix="/v1", tags=["events"])
 
 
-def _settings(request: Request) -> IngestSettings:
+def settings_of(request: Request) -> IngestSettings:
     settings = runtime_of(request).settings
     assert isinstance(settings, IngestSettings)
     return settings
+
+
+def unavailable() -> JSONResponse:
+    """503: the broker did not acknowledge in time; the sender should send again."""
+    return problem(503, UNAVAILABLE_DETAIL, headers={"Retry-After": RETRY_AFTER_S})
+
+
+def too_fast(limited: RateLimited) -> JSONResponse:
+    """429 for a write key whose rate limit is used up."""
+    return problem(429, str(limited), headers={"Retry-After": limited.retry_after})
 
 
 async def read_limited(request: Request, limit: int) -> bytes | None:
@@ -107,8 +117,11 @@ async def read_limited(request: Request, limit: int) -> bytes | None:
 
 
 class RateLimited(Exception):
-    def __init__(self, wait_s: float) -> None:
-        super().__init__(wait_s)
+    def __init__(self, key: WriteKey, settings: IngestSettings, wait_s: float) -> None:
+        super().__init__(
+            f"write key {key.name!r} may send {settings.rate_limit_events_per_s:g} events per "
+            f"second (bursts of {settings.rate_limit_burst}); retry after the Retry-After seconds"
+        )
         self.retry_after = str(max(1, math.ceil(wait_s)))
 
 
@@ -117,12 +130,12 @@ async def accept(
 ) -> list[Outcome]:
     """Check each candidate event (raw JSON, or an outcome already decided), publish those that
     pass, and say what became of each; raises RateLimited before anything is checked."""
-    settings = _settings(request)
+    settings = settings_of(request)
     gate: Gate = request.app.state.gate
     wait_s = gate.limiter.take(key.name, len(candidates))
     if wait_s:
         REJECTED.labels(key.name, "rate_limited").inc(len(candidates))
-        raise RateLimited(wait_s)
+        raise RateLimited(key, settings, wait_s)
     rules = Rules(
         max_event_bytes=settings.max_event_bytes,
         default_phone_region=settings.default_phone_region,
@@ -245,7 +258,7 @@ BATCH_EXAMPLE = {
     },
 )
 async def post_events(request: Request) -> JSONResponse:
-    settings = _settings(request)
+    settings = settings_of(request)
     gate: Gate = request.app.state.gate
     key = authenticate(request, gate.keyring)
     media_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
@@ -270,12 +283,7 @@ async def post_events(request: Request) -> JSONResponse:
     try:
         outcomes = await accept(request, key, raws)
     except RateLimited as limited:
-        return problem(
-            429,
-            f"write key {key.name!r} may send {settings.rate_limit_events_per_s:g} events per "
-            f"second (bursts of {settings.rate_limit_burst}); retry after the Retry-After seconds",
-            headers={"Retry-After": limited.retry_after},
-        )
+        return too_fast(limited)
     return _batch_answer(outcomes) if batch else _single_answer(outcomes[0])
 
 
@@ -283,7 +291,7 @@ def _single_answer(outcome: Outcome) -> JSONResponse:
     if outcome.status == "accepted":
         return JSONResponse({"id": outcome.id, "status": "accepted"}, status_code=202)
     if outcome.status == "retry":
-        return problem(503, UNAVAILABLE_DETAIL, headers={"Retry-After": RETRY_AFTER_S})
+        return unavailable()
     if outcome.too_large:
         return problem(413, outcome.errors[0]["reason"])
     if outcome.forbidden:

@@ -13,12 +13,10 @@ from fastapi import APIRouter, HTTPException, Request
 from fastapi.responses import JSONResponse
 
 from crm_ingest.acceptance import Outcome, Untranslatable
-from crm_ingest.api import RateLimited, accept, read_limited
+from crm_ingest.api import RETRY_AFTER_S, RateLimited, accept, read_limited, settings_of
 from crm_ingest.auth import authenticate
 from crm_ingest.gate import Gate
 from crm_ingest.segment import translate
-from crm_ingest.settings import IngestSettings
-from crm_shared.service import runtime_of
 
 router = APIRouter(prefix="/v1", tags=["segment"])
 
@@ -81,8 +79,7 @@ def _message_id(message: Any) -> str | None:
 
 
 async def handle(request: Request, kind: str | None) -> JSONResponse:
-    settings = runtime_of(request).settings
-    assert isinstance(settings, IngestSettings)
+    settings = settings_of(request)
     gate: Gate = request.app.state.gate
     body = await read_limited(request, settings.max_body_bytes)
     if body is None:
@@ -140,7 +137,7 @@ async def handle(request: Request, kind: str | None) -> JSONResponse:
         return segment_error(
             429,
             "rate_limited",
-            f"write key {key.name!r} is over its rate limit; retry after the Retry-After seconds",
+            str(limited),
             headers={"Retry-After": limited.retry_after},
         )
     return _answer(outcomes)
@@ -155,7 +152,7 @@ def _answer(outcomes: list[Outcome]) -> JSONResponse:
             "unavailable",
             "the broker did not acknowledge in time; send "
             "the batch again (accepted messages are recognised as duplicates)",
-            headers={"Retry-After": "5"},
+            headers={"Retry-After": RETRY_AFTER_S},
         )
     refused = [o for o in outcomes if o.status == "rejected"]
     if all(o.forbidden for o in outcomes):

@@ -12,10 +12,9 @@ from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
 
 from crm_ingest.acceptance import Outcome, Untranslatable
-from crm_ingest.api import RateLimited, accept, read_limited
+from crm_ingest.api import RateLimited, accept, read_limited, settings_of, too_fast, unavailable
 from crm_ingest.gate import Gate
 from crm_ingest.keys import WriteKey
-from crm_ingest.settings import IngestSettings
 from crm_ingest.webhooks import (
     BadSignature,
     sendgrid_event,
@@ -25,7 +24,6 @@ from crm_ingest.webhooks import (
     verify_twilio,
 )
 from crm_shared.problems import problem
-from crm_shared.service import runtime_of
 
 router = APIRouter(prefix="/v1/webhooks", tags=["webhooks"])
 
@@ -41,19 +39,11 @@ RESPONSES: dict[int | str, dict[str, object]] = {
 }
 
 
-def _settings(request: Request) -> IngestSettings:
-    settings = runtime_of(request).settings
-    assert isinstance(settings, IngestSettings)
-    return settings
-
-
 def _summary(outcomes: list[Outcome]) -> JSONResponse:
     """200 even when some events were refused: a provider retries anything else, and
     retrying an event that cannot be accepted will not make it acceptable."""
     if any(o.status == "retry" for o in outcomes):
-        return problem(
-            503, "the broker did not acknowledge in time; send again", headers={"Retry-After": "5"}
-        )
+        return unavailable()
     counts = {s: sum(o.status == s for o in outcomes) for s in ("accepted", "rejected")}
     refused = [o.answer() for o in outcomes if o.status == "rejected"]
     return JSONResponse({**counts, "refused": refused})
@@ -92,7 +82,7 @@ def _summary(outcomes: list[Outcome]) -> JSONResponse:
     },
 )
 async def sendgrid(request: Request) -> Response:
-    settings = _settings(request)
+    settings = settings_of(request)
     gate: Gate = request.app.state.gate
     if gate.sendgrid_key is None:
         return problem(
@@ -130,11 +120,11 @@ async def sendgrid(request: Request) -> Response:
     try:
         return _summary(await accept(request, SENDGRID, candidates))
     except RateLimited as limited:
-        return problem(429, "rate limit used up", headers={"Retry-After": limited.retry_after})
+        return too_fast(limited)
 
 
 async def _twilio(request: Request, kind: str) -> Response:
-    settings = _settings(request)
+    settings = settings_of(request)
     if settings.twilio_auth_token is None:
         return problem(404, "the Twilio webhooks are not configured (CRM_TWILIO_AUTH_TOKEN)")
     body = await read_limited(request, settings.max_body_bytes)
@@ -164,12 +154,10 @@ async def _twilio(request: Request, kind: str) -> Response:
     try:
         outcomes = await accept(request, TWILIO, [json.dumps(event).encode()])
     except RateLimited as limited:
-        return problem(429, "rate limit used up", headers={"Retry-After": limited.retry_after})
+        return too_fast(limited)
     outcome = outcomes[0]
     if outcome.status == "retry":
-        return problem(
-            503, "the broker did not acknowledge in time; send again", headers={"Retry-After": "5"}
-        )
+        return unavailable()
     if outcome.status == "rejected":
         return problem(422, "the callback is not a valid touchpoint", errors=outcome.errors)
     return Response(EMPTY_TWIML, media_type="application/xml")
