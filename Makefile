@@ -5,10 +5,10 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
-PY_DIRS := shared/src $(wildcard services/*/src) tests $(wildcard services/*/tests) scripts $(wildcard bench/*.py)
+PY_DIRS := shared/src $(wildcard services/*/src) tests $(wildcard services/*/tests) scripts $(wildcard bench/*.py bench/*/*.py)
 
 .DEFAULT_GOAL := help
-.PHONY: help install up down status infra-up infra-down infra-status test lint types unit docs docs-check bench constraints clean
+.PHONY: help install up down status infra-up infra-down infra-status test lint types unit docs docs-check bench bench-ingest constraints clean
 
 help: ## List the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-z-]+:.*## / {printf "  make %-13s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -60,8 +60,11 @@ docs: install ## Regenerate docs/ (JSON Schema, AsyncAPI) and the README tables 
 docs-check: install ## Fail when the generated docs are stale
 	$(BIN)/crm-admin docs --check
 
-bench: infra-up ## Run the benchmarks; prints figures and writes bench/RESULTS.md
+bench: infra-up ## The platform benchmark (four services); prints figures, writes bench/RESULTS.md
 	$(BIN)/python bench/run.py
+
+bench-ingest: infra-up ## Ingest's batch endpoints against a plain producer; writes bench/RESULTS.md
+	$(BIN)/python bench/ingest
 
 constraints: install ## Re-pin constraints.txt from the current .venv
 	@{ head -n 2 constraints.txt; $(BIN)/pip freeze --exclude-editable --disable-pip-version-check; } > constraints.new && mv constraints.new constraints.txt

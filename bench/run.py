@@ -14,11 +14,9 @@ import argparse
 import asyncio
 import base64
 import json
-import math
 import os
 import random
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
@@ -28,35 +26,52 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from functools import partial
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TypeVar
 
 import asyncpg
 import httpx
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-
-from crm_shared.contracts import TOUCHPOINT_ADAPTER, TOUCHPOINTS
-from crm_shared.contracts.examples import example_event
-from crm_shared.kafka import CLOUDEVENTS_CONTENT_TYPE, OutgoingRecord, create_topics, publish_all
-
-ROOT = Path(__file__).resolve().parent.parent
-# `python bench/run.py` puts only bench/ on sys.path; the helpers the tests use live in tests/.
-sys.path.insert(0, str(ROOT))
-
-from tests.support import (  # noqa: E402
+from tests.support import (
     Endpoints,
-    InfrastructureUnavailable,
     ServiceProcess,
     database_url,
-    environment_endpoints,
     free_port,
-    local_endpoints,
     service_env,
     wait_until,
 )
 
+from common import (
+    BenchFailure,
+    CpuGroups,
+    CpuUse,
+    Figure,
+    Person,
+    as_records,
+    children_of,
+    comm,
+    cpu_count,
+    describe,
+    endpoints_from_environment,
+    fixed,
+    git_revision,
+    host_facts,
+    ingest_server_ms,
+    local_broker_pid,
+    log_lines,
+    log_size,
+    machine_busy_seconds,
+    percentile,
+    population,
+    stat_fields,
+    touchpoints,
+    write_section,
+)
+from crm_shared.contracts import TOUCHPOINTS
+from crm_shared.contracts.examples import example_event
+from crm_shared.kafka import CLOUDEVENTS_CONTENT_TYPE, create_topics, publish_all
+
 T = TypeVar("T")
-RESULTS = ROOT / "bench" / "RESULTS.md"
 COMMAND = ".venv/bin/python bench/run.py"
 SERVICES = ("ingest", "profile", "loyalty", "notify")
 PARTITIONS = 12  # the production default (CRM_TOPIC_PARTITIONS)
@@ -75,258 +90,6 @@ ADMIN_HEADERS = {"Authorization": "Bearer dev-admin-token"}
 # Every touchpoint profile stores leaves two outbox records (resolved touchpoint and snapshot),
 # and loyalty and notify each consume both topics.
 DOWNSTREAM_RECORDS_PER_TOUCHPOINT = 2
-
-
-class BenchFailure(Exception):
-    """The run cannot produce trustworthy figures; the message says why."""
-
-
-# --- the load: a population of people and their touchpoints -----------------------------------
-@dataclass(frozen=True)
-class Person:
-    customer_id: str
-    email: str
-    anonymous_id: str
-    phone: str
-
-
-# (event type, which of a person's identifiers the channel knows, chance it also knows the email)
-# Web traffic is mostly anonymous, stores and call centres know the customer number.
-SCENARIOS: list[tuple[str, tuple[str, ...], float]] = [
-    ("crm.touchpoint.web.page_viewed", ("anonymous_id",), 0.3),
-    ("crm.touchpoint.web.product_viewed", ("anonymous_id",), 0.3),
-    ("crm.touchpoint.web.cart_updated", ("anonymous_id", "email"), 0.0),
-    ("crm.touchpoint.email.opened", ("email",), 0.0),
-    ("crm.touchpoint.email.clicked", ("email",), 0.0),
-    ("crm.touchpoint.store.purchase", ("customer_id",), 0.2),
-    ("crm.touchpoint.phone.call_completed", ("phone", "customer_id"), 0.0),
-]
-
-
-def population(size: int, rng: random.Random) -> list[Person]:
-    run = uuid.uuid4().hex[:6]
-    return [
-        Person(
-            customer_id=f"c-{run}-{n}",
-            email=f"person.{run}.{n}@example.org",
-            anonymous_id=f"a-{run}-{n}",
-            phone=f"+3706{rng.randrange(10**7):07d}",
-        )
-        for n in range(size)
-    ]
-
-
-def touchpoints(people: Sequence[Person], count: int, rng: random.Random) -> list[dict[str, Any]]:
-    events = []
-    for _ in range(count):
-        person = rng.choice(people)
-        event_type, kinds, email_chance = rng.choice(SCENARIOS)
-        identities = {kind: getattr(person, kind) for kind in kinds}
-        if rng.random() < email_chance:
-            identities["email"] = person.email
-        event = example_event(event_type, event_id=str(uuid.uuid4()))
-        event["data"]["identities"] = identities
-        events.append(event)
-    return events
-
-
-def as_records(events: Sequence[dict[str, Any]], topic: str) -> list[OutgoingRecord]:
-    """Exactly what ingest would publish: validated, keyed by the strongest identifier."""
-    records = []
-    for raw in events:
-        # JSON, as on the wire: the contract is strict about types in Python mode.
-        event: Any = TOUCHPOINT_ADAPTER.validate_json(json.dumps(raw))
-        records.append(
-            OutgoingRecord(
-                topic=topic,
-                key=event.data.identities.strongest().encode(),
-                value=event.model_dump_json(exclude_none=True).encode(),
-                headers={"content-type": CLOUDEVENTS_CONTENT_TYPE},
-            )
-        )
-    return records
-
-
-# --- figures ------------------------------------------------------------------------------------
-def percentile(values: Sequence[float], p: float) -> float:
-    """Nearest-rank percentile: a value that was actually observed."""
-    ordered = sorted(values)
-    return ordered[max(1, math.ceil(p / 100 * len(ordered))) - 1]
-
-
-@dataclass(frozen=True)
-class Figure:
-    phase: str
-    events: int
-    seconds: float
-    rate: float | None
-    unit: str
-    latencies_ms: Sequence[float] = ()
-    note: str = ""
-
-    def quantile(self, p: float) -> str:
-        return f"{percentile(self.latencies_ms, p):.1f}" if self.latencies_ms else "–"
-
-    def line(self) -> str:
-        rate = f"{self.rate:8.1f} {self.unit}" if self.rate is not None else ""
-        latency = (
-            f"  p50 {self.quantile(50)} ms  p95 {self.quantile(95)} ms  p99 {self.quantile(99)} ms"
-            if self.latencies_ms
-            else ""
-        )
-        note = f"  ({self.note})" if self.note else ""
-        return f"{self.phase}: {self.events} in {self.seconds:.2f} s  {rate}{latency}{note}"
-
-
-# --- CPU accounting from /proc: where the machine's time went during each phase ---------------
-CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
-
-
-def _stat_fields(pid: int) -> list[str] | None:
-    try:
-        text = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    # The command name (field 2) may hold spaces; the fields after its closing parenthesis do not.
-    return text.rpartition(")")[2].split()
-
-
-def cpu_seconds(pids: Sequence[int]) -> float:
-    """utime + stime of the processes and of their exited children (e.g. PostgreSQL backends)."""
-    total = 0
-    for pid in pids:
-        fields = _stat_fields(pid)
-        if fields is not None:
-            total += sum(int(f) for f in fields[11:15])
-    return total / CLOCK_TICKS
-
-
-def children_of(parent: int) -> list[int]:
-    found = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            fields = _stat_fields(int(entry.name))
-            if fields is not None and int(fields[1]) == parent:
-                found.append(int(entry.name))
-    return found
-
-
-def log_size(log: Path) -> int:
-    return log.stat().st_size if log.exists() else 0
-
-
-def log_lines(log: Path) -> int:
-    with log.open("rb") as lines:
-        return sum(1 for _ in lines)
-
-
-def ingest_server_ms(log: Path, offset: int) -> list[float]:
-    """Durations ingest itself measured for POST /v1/events (its access log), from `offset`:
-    the gap to the client's figures is spent outside the route, in the HTTP server, the
-    network and the load generator."""
-    with log.open("rb") as source:
-        source.seek(offset)
-        data = source.read()
-    durations = []
-    for line in data.splitlines():
-        if b'"/v1/events"' not in line:
-            continue
-        try:
-            entry = json.loads(line)
-        except ValueError:
-            continue
-        if entry.get("logger") == "ingest.access" and entry.get("method") == "POST":
-            durations.append(float(entry["duration_ms"]))
-    return durations
-
-
-def fixed(pids: list[int]) -> Callable[[], list[int]]:
-    return lambda: pids
-
-
-def cpu_count() -> int:
-    """What `nproc` says: the CPUs this process may run on."""
-    return len(os.sched_getaffinity(0))
-
-
-def host_facts() -> dict[str, str]:
-    memory_kb = next(
-        int(line.split()[1])
-        for line in Path("/proc/meminfo").read_text().splitlines()
-        if line.startswith("MemTotal:")
-    )
-    cpu_model = next(
-        (
-            line.split(":", 1)[1].strip()
-            for line in Path("/proc/cpuinfo").read_text().splitlines()
-            if line.startswith("model name")
-        ),
-        os.uname().machine,
-    )
-    return {
-        "CPUs (nproc)": str(cpu_count()),
-        "CPU model": cpu_model,
-        "Memory": f"{memory_kb / 1024 / 1024:.1f} GiB (MemTotal)",
-        "Kernel": os.uname().release,
-        "Python": sys.version.split()[0],
-    }
-
-
-def _comm(pid: int) -> str:
-    try:
-        return Path(f"/proc/{pid}/comm").read_text().strip()
-    except OSError:
-        return ""
-
-
-@dataclass
-class CpuGroups:
-    """Process groups to account for; a group is left out when it does not run on this machine
-    (an external broker or database)."""
-
-    groups: dict[str, Callable[[], list[int]]] = field(default_factory=dict)
-
-    def sample(self) -> dict[str, float]:
-        return {name: cpu_seconds(pids()) for name, pids in self.groups.items()}
-
-    @staticmethod
-    def delta(before: dict[str, float], after: dict[str, float], busy_s: float) -> dict[str, float]:
-        """Per group, plus `other`: whatever else kept the machine busy (other programs, the
-        kernel), so a run disturbed by a neighbour shows it."""
-        spent = {k: after[k] - before[k] for k in before}
-        spent["other"] = max(0.0, busy_s - sum(spent.values()))
-        return spent
-
-
-def machine_busy_seconds() -> float:
-    """CPU time the whole machine spent not idle, from the first line of /proc/stat."""
-    ticks = [int(v) for v in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
-    user, nice, system, _idle, _iowait, irq, softirq = ticks[:7]
-    return (user + nice + system + irq + softirq) / CLOCK_TICKS
-
-
-@dataclass(frozen=True)
-class CpuUse:
-    phase: str
-    wall_s: float
-    seconds: dict[str, float]
-
-
-# --- infrastructure -----------------------------------------------------------------------------
-def endpoints_from_environment() -> Endpoints:
-    try:
-        return environment_endpoints() or local_endpoints()
-    except InfrastructureUnavailable as refusal:
-        raise BenchFailure(f"local infrastructure did not start: {refusal}") from refusal
-
-
-def local_broker_pid() -> int | None:
-    """The Tansu process `scripts/localinfra.py` started, when that is the broker in use."""
-    try:
-        pid = int((ROOT / ".state" / "tansu.pid").read_text())
-    except (OSError, ValueError):
-        return None
-    return pid if _comm(pid) == "tansu" else None
 
 
 @dataclass
@@ -423,7 +186,7 @@ class Bench:
             }
             # Our backend's parent is the postmaster (looked up while the backend still runs).
             backend = await server.fetchval("SELECT pg_backend_pid()")
-            fields = _stat_fields(backend) if _comm(backend) == "postgres" else None
+            fields = stat_fields(backend) if comm(backend) == "postgres" else None
             postmaster = int(fields[1]) if fields is not None else None
         finally:
             await server.close()
@@ -834,23 +597,12 @@ async def best_effort(what: str, step: Awaitable[None]) -> None:
         print(f"bench: could not {what}: {describe(exc)}", file=sys.stderr)
 
 
-def git_revision() -> str:
-    head = subprocess.run(
-        ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True
-    )
-    dirty = subprocess.run(
-        ["git", "status", "--porcelain"], cwd=ROOT, capture_output=True, text=True
-    )
-    revision = head.stdout.strip() or "unknown"
-    return f"{revision} with local changes" if dirty.stdout.strip() else revision
-
-
 def render(bench: Bench, counters: dict[str, float], started: datetime, total_s: float) -> str:
     args = bench.args
     cpus = cpu_count()
     command = " ".join([COMMAND, *sys.argv[1:]])
     lines = [
-        "# Baseline benchmark of the walking skeleton",
+        "## The platform: four services end to end (bench/run.py)",
         "",
         f"Written by `{command}` (`make bench`); every figure below comes from that run and is",
         "overwritten by the next one.",
@@ -862,7 +614,7 @@ def render(bench: Bench, counters: dict[str, float], started: datetime, total_s:
         "touchpoints from web, email, store and phone, each carrying the identifiers its "
         "channel knows",
         "",
-        "## Figures",
+        "### Figures",
         "",
         "| Measurement | Events | Wall time (s) | Throughput "
         "| p50 (ms) | p95 (ms) | p99 (ms) | Note |",
@@ -877,7 +629,7 @@ def render(bench: Bench, counters: dict[str, float], started: datetime, total_s:
     groups = list(bench.cpu[0].seconds) if bench.cpu else []
     lines += [
         "",
-        "## Where the CPU went",
+        "### Where the CPU went",
         "",
         "CPU seconds (user + system, from /proc) each group spent during each phase; `other` is",
         "the rest of the machine's busy time (other programs, the kernel), and the last column",
@@ -903,7 +655,7 @@ def render(bench: Bench, counters: dict[str, float], started: datetime, total_s:
         )
         + ".",
         "",
-        "## How to read these",
+        "### How to read these",
         "",
         *how_to_read(bench, cpus),
         "",
@@ -977,12 +729,6 @@ def hop(bench: Bench, partitions: int) -> str:
     )
 
 
-def describe(exc: BaseException) -> str:
-    if isinstance(exc, BaseExceptionGroup):
-        return "; ".join(describe(e) for e in exc.exceptions)
-    return str(exc) or type(exc).__name__
-
-
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -1016,7 +762,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         bench = Bench(endpoints, args, log_dir)
         counters = asyncio.run(run(bench))
         total_s = time.perf_counter() - started
-        RESULTS.write_text(render(bench, counters, started_at, total_s))
+        write_section("platform", render(bench, counters, started_at, total_s))
     except Exception as exc:  # any failure ends the run; say what and where to look
         message = describe(exc)
         print(f"bench: FAILED: {message}", file=sys.stderr)
@@ -1032,7 +778,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             bench.stop()
     if not args.keep_logs:
         shutil.rmtree(bench.log_dir)  # a failed run keeps them, and says where
-    print(f"bench: done in {total_s:.0f} s; wrote {RESULTS.relative_to(ROOT)}")
+    print(f"bench: done in {total_s:.0f} s; wrote its section of bench/RESULTS.md")
     return 0
 
 
