@@ -17,7 +17,13 @@ from crm_profile.settings import ProfileSettings
 from crm_shared.contracts import DEADLETTER, TOUCHPOINT_ADAPTER, TOUCHPOINTS, TOUCHPOINTS_RESOLVED
 from crm_shared.contracts.examples import all_examples, example_event
 from crm_shared.database import MigrationError, apply_migrations, migrate
-from crm_shared.kafka import CLOUDEVENTS_CONTENT_TYPE, OutgoingRecord, create_producer, publish_all
+from crm_shared.kafka import (
+    CLOUDEVENTS_CONTENT_TYPE,
+    OutgoingRecord,
+    create_producer,
+    publish_all,
+    publish_each,
+)
 from crm_shared.settings import ServiceSettings
 from tests.conftest import Databases
 from tests.support import Endpoints, produce, read_topic, running, service_env, wait_until
@@ -90,6 +96,48 @@ async def test_every_event_type_round_trips_through_the_real_broker(
         assert event == sent[event.id]
         assert record.key == event.data.identities.strongest().encode()
         assert dict(record.headers)["content-type"] == CLOUDEVENTS_CONTENT_TYPE.encode()
+
+
+async def test_publish_each_puts_every_key_where_send_would_and_keeps_its_order(
+    endpoints: Endpoints, topic_prefix: str
+) -> None:
+    """Ingest publishes through record batches it fills itself: each key must still land on the
+    partition the producer's own `send` picks (so every producer agrees on a key's partition),
+    in order, across batches that fill up (1 KiB values overflow the 16 KiB batches)."""
+    topic = TOUCHPOINTS.full_name(topic_prefix)
+    settings = ServiceSettings(
+        kafka_bootstrap=endpoints.bootstrap, kafka_enable_idempotence=endpoints.idempotence
+    )
+    keys = [f"email:person{n}@example.org".encode() for n in range(25)]
+    records = [
+        OutgoingRecord(
+            topic, keys[n % len(keys)], json.dumps({"n": n, "pad": "x" * 1000}).encode(), {"h": "v"}
+        )
+        for n in range(600)
+    ]
+    producer = create_producer(settings)
+    await producer.start()
+    try:
+        acknowledged = await publish_each(producer, records, timeout=30)
+        where_send_puts = {}
+        for key in keys:
+            metadata = await (await producer.send(topic, b"{}", key=key))
+            where_send_puts[key] = metadata.partition
+    finally:
+        await producer.stop()
+    assert acknowledged == [True] * len(records)
+    assert len(set(where_send_puts.values())) > 1  # the keys spread, or this proves little
+    received = await read_topic(endpoints.bootstrap, topic, at_least=len(records) + len(keys))
+    seen: dict[bytes, list[int]] = {}
+    for record in received:
+        assert record.key is not None
+        assert record.value is not None
+        assert record.partition == where_send_puts[record.key]
+        if record.value != b"{}":
+            seen.setdefault(record.key, []).append(json.loads(record.value)["n"])
+    assert sorted(n for ns in seen.values() for n in ns) == list(range(len(records)))
+    for numbers in seen.values():
+        assert numbers == sorted(numbers)
 
 
 def _profile_settings(endpoints: Endpoints, prefix: str, url: str) -> ProfileSettings:

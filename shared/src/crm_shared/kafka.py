@@ -11,6 +11,8 @@ from dataclasses import dataclass
 from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaError, TopicAlreadyExistsError, for_code
+from aiokafka.partitioner import DefaultPartitioner
+from aiokafka.producer.message_accumulator import BatchBuilder
 from faststream.kafka import KafkaBroker
 
 from crm_shared.contracts.topics import TOPICS, Topic
@@ -83,28 +85,76 @@ async def publish_all(producer: AIOKafkaProducer, records: Iterable[OutgoingReco
 async def publish_each(
     producer: AIOKafkaProducer, records: Sequence[OutgoingRecord], timeout: float
 ) -> list[bool]:
-    """Publish in order and wait at most `timeout` seconds in all; for each record, whether the
-    broker acknowledged it by then. A record not acknowledged may still be written later:
-    senders retry it, and consumers drop the copy."""
+    """Publish and wait at most `timeout` seconds in all; for each record, whether the broker
+    acknowledged it by then. A record not acknowledged may still be written later: senders
+    retry it, and consumers drop the copy.
+
+    The records go to the producer as record batches, one per partition (more when one fills
+    up), with the partition `send` would choose (the default partitioner: murmur2 of the key, as
+    Kafka's Java client does), so a key lands where every other producer puts it. Records of a
+    partition keep their order. One future per batch instead of one per record costs a third
+    less CPU per record (bench/ingest); a record is acknowledged when its batch is.
+    """
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
-    futures: list[asyncio.Future[object]] = []
+    sent: list[tuple[asyncio.Future[object], list[int]]] = []
     try:
         async with asyncio.timeout_at(deadline):
-            for r in records:
-                futures.append(
-                    await producer.send(r.topic, r.value, key=r.key, headers=r.kafka_headers())
-                )
+            for (topic, partition), members in (await _by_partition(producer, records)).items():
+                batch, held = producer.create_batch(), list[int]()
+                for i in members:
+                    if not _append(batch, records[i]):
+                        sent.append((await _submit(producer, batch, topic, partition), held))
+                        batch, held = producer.create_batch(), list[int]()
+                        _append(batch, records[i])  # the first record always fits
+                    held.append(i)
+                sent.append((await _submit(producer, batch, topic, partition), held))
     except (TimeoutError, KafkaError):
         pass  # the records not handed to the producer count as not acknowledged
     acknowledged = [False] * len(records)
-    if futures:
-        done, _ = await asyncio.wait(futures, timeout=max(0.0, deadline - loop.time()))
-        for i, future in enumerate(futures):
-            acknowledged[i] = (
-                future in done and not future.cancelled() and future.exception() is None
-            )
+    if sent:
+        done, _ = await asyncio.wait(
+            [future for future, _ in sent], timeout=max(0.0, deadline - loop.time())
+        )
+        for future, held in sent:
+            if future in done and not future.cancelled() and future.exception() is None:
+                for i in held:
+                    acknowledged[i] = True
     return acknowledged
+
+
+_PARTITIONER = DefaultPartitioner()
+
+
+async def _by_partition(
+    producer: AIOKafkaProducer, records: Sequence[OutgoingRecord]
+) -> dict[tuple[str, int], list[int]]:
+    """The indexes of the records per (topic, partition), in order."""
+    partitions: dict[str, list[int]] = {}
+    grouped: dict[tuple[str, int], list[int]] = {}
+    for i, record in enumerate(records):
+        if record.topic not in partitions:
+            partitions[record.topic] = sorted(await producer.partitions_for(record.topic))
+        known = partitions[record.topic]
+        grouped.setdefault((record.topic, _PARTITIONER(record.key, known, known)), []).append(i)
+    return grouped
+
+
+def _append(batch: BatchBuilder, record: OutgoingRecord) -> bool:
+    return (
+        batch.append(
+            key=record.key, value=record.value, timestamp=None, headers=record.kafka_headers()
+        )
+        is not None
+    )
+
+
+async def _submit(
+    producer: AIOKafkaProducer, batch: BatchBuilder, topic: str, partition: int
+) -> asyncio.Future[object]:
+    batch.close()  # closed, so that no `send` elsewhere in the process adds to it
+    future: asyncio.Future[object] = await producer.send_batch(batch, topic, partition=partition)
+    return future
 
 
 async def ping(producer: AIOKafkaProducer, timeout: float = 2.0) -> bool:
