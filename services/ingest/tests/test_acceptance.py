@@ -8,8 +8,17 @@ from typing import Any
 
 import pytest
 
-from crm_ingest.acceptance import BatchTooLarge, NotABatch, Rules, check_event, split_batch
-from crm_shared.contracts.examples import example_event
+from crm_ingest.acceptance import (
+    BatchTooLarge,
+    NotABatch,
+    Outcome,
+    Rules,
+    check_batch,
+    check_event,
+    split_batch,
+)
+from crm_shared.contracts import TOUCHPOINT_ADAPTER
+from crm_shared.contracts.examples import all_examples, example_event
 
 NOW = datetime(2026, 11, 20, 10, 20, tzinfo=UTC)
 RULES = Rules(max_event_bytes=4096, default_phone_region=None, max_future=timedelta(minutes=5))
@@ -19,15 +28,23 @@ def raw(document: dict[str, Any]) -> bytes:
     return json.dumps(document).encode()
 
 
+def published(outcome: Outcome) -> Any:
+    """The event as it would be published, read back through the contract."""
+    assert outcome.value is not None
+    return TOUCHPOINT_ADAPTER.validate_json(outcome.value)
+
+
 def test_a_valid_event_waits_for_the_broker_normalised() -> None:
     document = example_event("crm.touchpoint.phone.call_completed")
     document["time"] = "2026-11-20T12:15:00+02:00"
     outcome = check_event(raw(document), 3, RULES, NOW)
     assert outcome.status == "retry"
     assert outcome.index == 3
-    assert outcome.event.data.identities.phone == "+37060000001"
-    assert outcome.event.time.tzinfo == UTC
-    assert outcome.event.time == datetime(2026, 11, 20, 10, 15, tzinfo=UTC)
+    event = published(outcome)
+    assert event.data.identities.phone == "+37060000001"
+    assert event.time == datetime(2026, 11, 20, 10, 15, tzinfo=UTC)
+    assert json.loads(outcome.value or b"")["time"] == "2026-11-20T10:15:00Z"
+    assert outcome.key == b"customer_id:c-1001"  # the strongest identifier
 
 
 @pytest.mark.parametrize(
@@ -42,7 +59,7 @@ def test_phone_numbers_become_e164(phone: str, region: str | None, expected: str
     document = example_event("crm.touchpoint.phone.sms_received")
     document["data"]["identities"]["phone"] = phone
     rules = Rules(4096, region, timedelta(minutes=5))
-    assert check_event(raw(document), 0, rules, NOW).event.data.identities.phone == expected
+    assert published(check_event(raw(document), 0, rules, NOW)).data.identities.phone == expected
 
 
 @pytest.mark.parametrize(
@@ -84,6 +101,16 @@ def test_size_contract_and_platform_fields_are_refused_precisely() -> None:
     assert too_large.too_large
     assert too_large.errors[0]["reason"].endswith("the limit is 4096")
     assert too_large.id == big["id"]
+    # Over the limit as sent and not even a valid contract: too large, not its field errors.
+    huge_title = example_event("crm.touchpoint.web.page_viewed")
+    huge_title["data"]["title"] = "t" * 5000  # over the contract's 1024 too
+    assert check_event(raw(huge_title), 0, RULES, NOW).too_large
+    # Over the limit only as sent (indentation): the size that counts is the size published.
+    padded = example_event("crm.touchpoint.web.page_viewed")
+    padded["data"]["title"] = "t" * 1000
+    indented = json.dumps(padded, indent=200).encode()
+    assert len(indented) > 4096
+    assert check_event(indented, 0, RULES, NOW).status == "retry"
 
     invalid = example_event("crm.touchpoint.web.page_viewed")
     del invalid["data"]["url"]
@@ -105,3 +132,40 @@ def test_batches_are_json_arrays_within_the_limit() -> None:
     for body, reason in [(b"{}", "JSON array"), (b"[]", "empty"), (b"[{", "invalid JSON")]:
         with pytest.raises(NotABatch, match=reason):
             split_batch(body, max_events=3)
+
+
+def test_a_batch_is_decided_as_its_events_are_one_by_one() -> None:
+    """All valid (validated in one call) and with one bad event (checked one by one): the same
+    answers, per event, as `check_event` gives each."""
+    events = [{**e, "id": f"e{i}"} for i, e in enumerate(all_examples())]
+    valid = check_batch(json.dumps(events).encode(), 100, RULES, NOW)
+    alone = [check_event(raw(e), i, RULES, NOW) for i, e in enumerate(events)]
+    assert [(o.index, o.id, o.status, o.key, o.value) for o in valid] == [
+        (o.index, o.id, o.status, o.key, o.value) for o in alone
+    ]
+    assert all(o.status == "retry" for o in valid)
+
+    mixed = [*events[:3], {**events[3], "time": "yesterday"}, events[4]]
+    outcomes = check_batch(json.dumps(mixed).encode(), 100, RULES, NOW)
+    assert [o.status for o in outcomes] == ["retry", "retry", "retry", "rejected", "retry"]
+    assert outcomes[3].id == "e3"
+    assert outcomes[3].errors[0]["field"] == "time"
+
+    scoped = Rules(4096, None, timedelta(minutes=5), key_name="shop", channels=frozenset({"web"}))
+    forbidden = check_batch(json.dumps(events).encode(), 100, scoped, NOW)
+    assert {o.forbidden for o in forbidden if o.status == "rejected"} == {True}
+    assert {o.status for o in forbidden if published_channel(o) == "web"} == {"retry"}
+
+
+def published_channel(outcome: Outcome) -> str | None:
+    return published(outcome).data.channel if outcome.value is not None else None
+
+
+def test_a_batch_must_be_a_non_empty_array_within_the_limit() -> None:
+    events = [example_event("crm.touchpoint.web.page_viewed", event_id=f"e{i}") for i in range(3)]
+    assert len(check_batch(json.dumps(events).encode(), 3, RULES, NOW)) == 3
+    with pytest.raises(BatchTooLarge, match="4 events; the limit is 3"):
+        check_batch(json.dumps([*events, events[0]]).encode(), 3, RULES, NOW)
+    for body, reason in [(b"{}", "JSON array"), (b"[]", "empty"), (b"[{", "invalid JSON")]:
+        with pytest.raises(NotABatch, match=reason):
+            check_batch(body, 3, RULES, NOW)

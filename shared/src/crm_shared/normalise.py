@@ -54,15 +54,22 @@ def normalise_touchpoint(
                 f"{max_future.total_seconds():.0f} s of clock skew is accepted",
             }
         )
-    identities = event.data.identities
-    if identities.phone is not None:
+    phone = event.data.identities.phone
+    e164 = phone
+    if phone is not None:
         try:
-            identities = identities.model_copy(
-                update={"phone": to_e164(identities.phone, default_region)}
-            )
+            e164 = to_e164(phone, default_region)
         except NotAPhoneNumber as exc:
             errors.append({"field": "data.identities.phone", "reason": str(exc)})
     if errors:
         return None, errors
-    data = event.data.model_copy(update={"identities": identities})
-    return event.model_copy(update={"time": event.time.astimezone(UTC), "data": data}), []
+    # Copies only for what changes: most events already carry E.164 and UTC, and copying
+    # frozen models is a good part of the cost of accepting an event.
+    if e164 != phone:
+        identities = event.data.identities.model_copy(update={"phone": e164})
+        event = event.model_copy(
+            update={"data": event.data.model_copy(update={"identities": identities})}
+        )
+    if event.time.utcoffset() != timedelta(0):
+        event = event.model_copy(update={"time": event.time.astimezone(UTC)})
+    return event, []

@@ -6,8 +6,8 @@ from __future__ import annotations
 import math
 import time
 import zlib
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
-from typing import Any
 
 from fastapi import APIRouter, HTTPException, Request
 from fastapi.responses import JSONResponse
@@ -18,8 +18,8 @@ from crm_ingest.acceptance import (
     NotABatch,
     Outcome,
     Rules,
+    check_batch,
     check_event,
-    split_batch,
 )
 from crm_ingest.auth import authenticate
 from crm_ingest.gate import Gate
@@ -125,17 +125,32 @@ class RateLimited(Exception):
         self.retry_after = str(max(1, math.ceil(wait_s)))
 
 
-async def accept(
-    request: Request, key: WriteKey, candidates: list[bytes | Outcome]
-) -> list[Outcome]:
-    """Check each candidate event (raw JSON, or an outcome already decided), publish those that
-    pass, and say what became of each; raises RateLimited before anything is checked."""
+Check = Callable[[Rules, datetime], list[Outcome]]
+"""Decides each event of a request under the write key's rules, at a moment."""
+
+
+def each(candidates: Sequence[bytes | Outcome]) -> Check:
+    """Check each candidate event: raw JSON, or an outcome already decided (a message of a
+    provider that could not be translated)."""
+
+    def check(rules: Rules, now: datetime) -> list[Outcome]:
+        return [
+            c if isinstance(c, Outcome) else check_event(c, index, rules, now)
+            for index, c in enumerate(candidates)
+        ]
+
+    return check
+
+
+HEADERS = {"content-type": CLOUDEVENTS_CONTENT_TYPE}
+
+
+async def accept(request: Request, key: WriteKey, check: Check) -> list[Outcome]:
+    """Decide each event of the request, publish those that pass, and say what became of each;
+    raises RateLimited, before anything is published, when the write key's events per second
+    are used up (every event of the request counts)."""
     settings = settings_of(request)
     gate: Gate = request.app.state.gate
-    wait_s = gate.limiter.take(key.name, len(candidates))
-    if wait_s:
-        REJECTED.labels(key.name, "rate_limited").inc(len(candidates))
-        raise RateLimited(key, settings, wait_s)
     rules = Rules(
         max_event_bytes=settings.max_event_bytes,
         default_phone_region=settings.default_phone_region,
@@ -143,24 +158,24 @@ async def accept(
         key_name=key.name,
         channels=key.channels,
     )
-    now = datetime.now(UTC)
-    outcomes = [
-        c if isinstance(c, Outcome) else check_event(c, index, rules, now)
-        for index, c in enumerate(candidates)
-    ]
-    pending = [o for o in outcomes if o.event is not None]
+    outcomes = check(rules, datetime.now(UTC))
+    wait_s = gate.limiter.take(key.name, len(outcomes))
+    if wait_s:
+        REJECTED.labels(key.name, "rate_limited").inc(len(outcomes))
+        raise RateLimited(key, settings, wait_s)
+    pending = [o for o in outcomes if o.value is not None]
     topic = TOUCHPOINTS.full_name(settings.topic_prefix)
     started = time.perf_counter()
     acknowledged = await publish_each(
         runtime_of(request).producer,
-        [_record(topic, o.event) for o in pending],
+        [OutgoingRecord(topic=topic, key=o.key, value=o.value, headers=HEADERS) for o in pending],
         settings.produce_timeout_s,
     )
     if pending:
         PRODUCE_LATENCY.observe(time.perf_counter() - started)
     for outcome, ok in zip(pending, acknowledged, strict=True):
         outcome.status = "accepted" if ok else "retry"
-        outcome.event = None
+        outcome.key = outcome.value = None
     _count(key.name, outcomes)
     if not all(acknowledged):
         log.warning(
@@ -169,15 +184,6 @@ async def accept(
             acknowledged=sum(acknowledged),
         )
     return outcomes
-
-
-def _record(topic: str, event: Any) -> OutgoingRecord:
-    return OutgoingRecord(
-        topic=topic,
-        key=event.data.identities.strongest().encode(),
-        value=event.model_dump_json(exclude_none=True).encode(),
-        headers={"content-type": CLOUDEVENTS_CONTENT_TYPE},
-    )
 
 
 def _count(source: str, outcomes: list[Outcome]) -> None:
@@ -271,17 +277,18 @@ async def post_events(request: Request) -> JSONResponse:
         REJECTED.labels(key.name, "too_large").inc()
         return problem(413, f"the body is larger than the limit of {settings.max_body_bytes} bytes")
     batch = media_type == BATCH_CONTENT_TYPE
-    raws: list[bytes | Outcome]
-    if batch:
-        try:
-            raws = list(split_batch(body, settings.max_batch_events))
-        except NotABatch as exc:
-            REJECTED.labels(key.name, "invalid").inc()
-            return problem(413 if isinstance(exc, BatchTooLarge) else 422, str(exc))
-    else:
-        raws = [body]
+    max_events = settings.max_batch_events
+
+    def check(rules: Rules, now: datetime) -> list[Outcome]:
+        if batch:
+            return check_batch(body, max_events, rules, now)
+        return [check_event(body, 0, rules, now)]
+
     try:
-        outcomes = await accept(request, key, raws)
+        outcomes = await accept(request, key, check)
+    except NotABatch as exc:
+        REJECTED.labels(key.name, "invalid").inc()
+        return problem(413 if isinstance(exc, BatchTooLarge) else 422, str(exc))
     except RateLimited as limited:
         return too_fast(limited)
     return _batch_answer(outcomes) if batch else _single_answer(outcomes[0])

@@ -13,7 +13,7 @@ from fastapi import APIRouter, HTTPException, Request
 from fastapi.responses import JSONResponse
 
 from crm_ingest.acceptance import Outcome, Untranslatable
-from crm_ingest.api import RETRY_AFTER_S, RateLimited, accept, read_limited, settings_of
+from crm_ingest.api import RETRY_AFTER_S, RateLimited, accept, each, read_limited, settings_of
 from crm_ingest.auth import authenticate
 from crm_ingest.gate import Gate
 from crm_ingest.segment import translate
@@ -132,7 +132,7 @@ async def handle(request: Request, kind: str | None) -> JSONResponse:
             continue
         candidates.append(json.dumps(event, separators=(",", ":")).encode())
     try:
-        outcomes = await accept(request, key, candidates)
+        outcomes = await accept(request, key, each(candidates))
     except RateLimited as limited:
         return segment_error(
             429,

@@ -12,7 +12,15 @@ from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
 
 from crm_ingest.acceptance import Outcome, Untranslatable
-from crm_ingest.api import RateLimited, accept, read_limited, settings_of, too_fast, unavailable
+from crm_ingest.api import (
+    RateLimited,
+    accept,
+    each,
+    read_limited,
+    settings_of,
+    too_fast,
+    unavailable,
+)
 from crm_ingest.gate import Gate
 from crm_ingest.keys import WriteKey
 from crm_ingest.webhooks import (
@@ -118,7 +126,7 @@ async def sendgrid(request: Request) -> Response:
         if event is not None:
             candidates.append(json.dumps(event).encode())
     try:
-        return _summary(await accept(request, SENDGRID, candidates))
+        return _summary(await accept(request, SENDGRID, each(candidates)))
     except RateLimited as limited:
         return too_fast(limited)
 
@@ -152,7 +160,7 @@ async def _twilio(request: Request, kind: str) -> Response:
     if event is None:
         return Response(EMPTY_TWIML, media_type="application/xml")
     try:
-        outcomes = await accept(request, TWILIO, [json.dumps(event).encode()])
+        outcomes = await accept(request, TWILIO, each([json.dumps(event).encode()]))
     except RateLimited as limited:
         return too_fast(limited)
     outcome = outcomes[0]
