@@ -169,3 +169,16 @@ def test_a_batch_must_be_a_non_empty_array_within_the_limit() -> None:
     for body, reason in [(b"{}", "JSON array"), (b"[]", "empty"), (b"[{", "invalid JSON")]:
         with pytest.raises(NotABatch, match=reason):
             check_batch(body, 3, RULES, NOW)
+
+
+def test_a_nul_character_is_refused_wherever_it_hides_in_a_batch() -> None:
+    """Only the escape \\u0000 can carry a NUL in JSON: batches without it skip the search, and
+    the text "\\u0000" (a backslash, then u0000) is not a NUL."""
+    events = [example_event("crm.touchpoint.web.page_viewed", event_id=f"e{i}") for i in range(3)]
+    events[1]["data"]["properties"] = {"tags": ["ok", "a\x00b"]}
+    events[2]["data"]["title"] = "\\u0000 is how JSON writes a NUL"
+    outcomes = check_batch(json.dumps(events).encode(), 3, RULES, NOW)
+    assert [o.status for o in outcomes] == ["retry", "rejected", "retry"]
+    assert outcomes[1].errors[0]["field"] == "data.properties.tags.1"
+    assert "NUL character" in outcomes[1].errors[0]["reason"]
+    assert published(outcomes[2]).data.title == "\\u0000 is how JSON writes a NUL"

@@ -10,7 +10,7 @@ from typing import Any, Literal
 
 from pydantic import TypeAdapter, ValidationError
 
-from crm_shared.contracts import CHANNELS, TOUCHPOINT_ADAPTER
+from crm_shared.contracts import CHANNELS, TOUCHPOINT_ADAPTER, json_context
 from crm_shared.contracts.touchpoints import TouchpointEvent
 from crm_shared.errors import FieldError, field_errors
 from crm_shared.normalise import normalise_touchpoint
@@ -95,7 +95,7 @@ def check_batch(body: bytes, max_events: int, rules: Rules, now: datetime) -> li
     by one. A batch whose events are all valid contracts is validated in one call; otherwise each
     event is checked on its own, so every one gets its own answer."""
     try:
-        events = _BATCH_ADAPTER.validate_json(body)
+        events = _BATCH_ADAPTER.validate_json(body, context=json_context(body))
     except ValidationError:
         raws = split_batch(body, max_events)
         return [check_event(raw, i, rules, now) for i, raw in enumerate(raws)]
@@ -124,7 +124,7 @@ def check_event(raw: bytes, index: int, rules: Rules, now: datetime) -> Outcome:
     an event that is not a valid contract is answered as too large, rather than with its field
     errors, when it is over the limit as sent."""
     try:
-        event: Any = TOUCHPOINT_ADAPTER.validate_json(raw)
+        event: Any = TOUCHPOINT_ADAPTER.validate_json(raw, context=json_context(raw))
     except ValidationError as exc:
         if len(raw) > rules.max_event_bytes:
             return _too_large(index, _id_of(raw), len(raw), rules)

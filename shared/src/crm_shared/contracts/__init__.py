@@ -10,7 +10,7 @@ from crm_shared.contracts.derived import (
     ProfileSnapshotData,
     profile_snapshot,
 )
-from crm_shared.contracts.envelope import CloudEvent, dedupe_key, derived_event_id
+from crm_shared.contracts.envelope import CloudEvent, dedupe_key, derived_event_id, json_context
 from crm_shared.contracts.topics import (
     DEADLETTER,
     LOYALTY,
@@ -60,6 +60,7 @@ __all__ = [
     "TouchpointEvent",
     "dedupe_key",
     "derived_event_id",
+    "json_context",
     "profile_snapshot",
     "touchpoint_types",
 ]
