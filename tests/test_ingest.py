@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+from prometheus_client.parser import text_string_to_metric_families
 
 from crm_ingest.app import build
 from crm_ingest.keys import add_key
@@ -20,6 +21,17 @@ BATCH = {
     "Content-Type": "application/cloudevents-batch+json",
     "Authorization": "Bearer dev-write-key",
 }
+
+
+def counters(metrics: str) -> dict[tuple[str, str, str], float]:
+    """Ingest's event counters from a /metrics page: (name, source, reason) -> value."""
+    found = {}
+    for family in text_string_to_metric_families(metrics):
+        for sample in family.samples:
+            if sample.name.startswith("crm_ingest_events_") and sample.name.endswith("_total"):
+                key = (sample.name, sample.labels["source"], sample.labels.get("reason", ""))
+                found[key] = sample.value
+    return found
 
 
 def settings_for(endpoints: Endpoints, prefix: str) -> IngestSettings:
@@ -48,11 +60,13 @@ async def test_a_batch_is_answered_per_event_and_only_accepted_events_reach_the_
             transport=httpx.ASGITransport(app=service.app), base_url="http://ingest"
         ) as http,
     ):
+        before = counters((await http.get("/metrics")).text)
         answer = await http.post("/v1/events", content=json.dumps(batch), headers=BATCH)
         too_many = await http.post(
             "/v1/events", content=json.dumps([good_web] * 501), headers=BATCH
         )
         not_array = await http.post("/v1/events", content=json.dumps(good_web), headers=BATCH)
+        after = counters((await http.get("/metrics")).text)
 
     assert answer.status_code == 207
     body = answer.json()
@@ -66,6 +80,11 @@ async def test_a_batch_is_answered_per_event_and_only_accepted_events_reach_the_
     assert too_many.status_code == 413
     assert "501 events; the limit is 500" in too_many.json()["detail"]
     assert not_array.status_code == 422
+    # Accepted and rejected by write key and reason; a batch refused whole counts once.
+    assert {k: after[k] - before.get(k, 0) for k in after if after[k] != before.get(k, 0)} == {
+        ("crm_ingest_events_accepted_total", "development", ""): 2,
+        ("crm_ingest_events_rejected_total", "development", "invalid"): 4,
+    }
 
     on_topic = await read_topic(
         endpoints.bootstrap, TOUCHPOINTS.full_name(topic_prefix), at_least=2

@@ -2,16 +2,18 @@
 ingest's event loop nor hides its own cost in ingest's figures.
 
     load.py http --url URL --bodies FILE --concurrency N ...   # post prepared batches
-    load.py raw --topic TOPIC --records FILE                    # a plain aiokafka producer
+    load.py raw --topic TOPIC [--topic ...] --records FILE     # a plain aiokafka producer
 
-`http` posts every body of FILE (one `<events>\\t<JSON body>` per line) over N connections, each
-body once, and prints one JSON document: the wall time from the first post to the last answer;
-per request, its latency, status and how many of its events were accepted; and the CPU seconds
-that this process and each `--watch NAME=PID` process spent in that window, with the machine's.
+`http` posts every body of FILE (one `<events>\\t<JSON body>` per line) over N connections
+(spread over the `--url`s given, each connection keeping to one), each body once, and prints one
+JSON document: the wall time from the first post to the last answer; per request, its latency,
+status and how many of its events were accepted; and the CPU seconds that this process and each
+`--watch NAME=PID[,PID...]` group spent in that window, with the machine's busy time.
 
 `raw` publishes every record of FILE (one JSON `[key, value]` per line) with the producer that
 ingest itself uses (`crm_shared.kafka.create_producer`, the same settings from the same
-environment) to TOPIC, and prints the wall time from the first send to the last acknowledgement.
+environment), on the event loop and with the garbage collector settings ingest runs with: once
+to each TOPIC, each round timed from the first send to the last acknowledgement.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import uvloop
 
 # A script has only its own folder on sys.path: bench/ holds `common`.
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -33,6 +36,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from common import cpu_seconds, machine_busy_seconds
 from crm_ingest.settings import IngestSettings
 from crm_shared.kafka import CLOUDEVENTS_CONTENT_TYPE, create_producer
+from crm_shared.service import tune_garbage_collector
 
 
 def read_bodies(path: Path) -> list[tuple[int, bytes]]:
@@ -61,11 +65,14 @@ class CpuWindow:
     and the whole machine (its busy time)."""
 
     def __init__(self, watch: Sequence[str]) -> None:
-        self.pids = {name: int(pid) for name, _, pid in (w.partition("=") for w in watch)}
+        self.pids = {
+            name: [int(pid) for pid in pids.split(",") if pid]
+            for name, _, pids in (w.partition("=") for w in watch)
+        }
         self.before: dict[str, float] = {}
 
     def sample(self) -> dict[str, float]:
-        found = {name: cpu_seconds([pid]) for name, pid in self.pids.items()}
+        found = {name: cpu_seconds(pids) for name, pids in self.pids.items()}
         found["load"] = time.process_time()
         found["machine busy"] = machine_busy_seconds()
         return found
@@ -85,9 +92,9 @@ async def post_all(args: argparse.Namespace) -> dict[str, Any]:
     results: list[dict[str, Any]] = []
     timeout = httpx.Timeout(args.timeout)
 
-    async def post(client: httpx.AsyncClient, events: int, body: bytes) -> dict[str, Any]:
+    async def post(client: httpx.AsyncClient, url: str, events: int, body: bytes) -> dict[str, Any]:
         started = time.perf_counter()
-        response = await client.post(args.url, content=body, headers=headers)
+        response = await client.post(url, content=body, headers=headers)
         latency_ms = (time.perf_counter() - started) * 1000
         return {
             "ms": latency_ms,
@@ -97,21 +104,24 @@ async def post_all(args: argparse.Namespace) -> dict[str, Any]:
         }
 
     async with httpx.AsyncClient(timeout=timeout) as client:
-        warm = [await post(client, events, body) for events, body in warmup]
+        warm = [
+            await post(client, args.url[i % len(args.url)], events, body)
+            for i, (events, body) in enumerate(warmup)
+        ]
 
     queue: Iterator[tuple[int, bytes]] = iter(measured)
 
-    async def worker() -> None:
+    async def worker(url: str) -> None:
         # One connection per worker: N workers are N clients, as N senders would be.
         limits = httpx.Limits(max_connections=1, max_keepalive_connections=1)
         async with httpx.AsyncClient(timeout=timeout, limits=limits) as client:
             for events, body in queue:
-                results.append(await post(client, events, body))
+                results.append(await post(client, url, events, body))
 
     window = CpuWindow(args.watch)
     window.start()
     started = time.perf_counter()
-    await asyncio.gather(*(worker() for _ in range(args.concurrency)))
+    await asyncio.gather(*(worker(args.url[n % len(args.url)]) for n in range(args.concurrency)))
     wall_s = time.perf_counter() - started
     return {
         "wall_s": wall_s,
@@ -130,22 +140,26 @@ async def produce_raw(args: argparse.Namespace) -> dict[str, Any]:
     headers = [("content-type", CLOUDEVENTS_CONTENT_TYPE.encode())]
     producer = create_producer(IngestSettings())
     await producer.start()
+    rounds = []
     try:
-        # Warm-up: metadata for the topic and a connection to every partition leader.
-        await (await producer.send(args.topic, b"{}", key=b"warm-up", headers=headers))
-        window = CpuWindow(args.watch)
-        window.start()
-        started = time.perf_counter()
-        pending = [
-            await producer.send(args.topic, value, key=key, headers=headers)
-            for key, value in records
-        ]
-        await asyncio.gather(*pending)
-        wall_s = time.perf_counter() - started
-        cpu_s = window.stop()
+        # Warm-up: metadata for the topics and a connection to every partition leader.
+        for topic in args.topic:
+            await producer.partitions_for(topic)
+        await (await producer.send(args.topic[0], b"{}", key=b"warm-up", headers=headers))
+        for topic in args.topic:
+            window = CpuWindow(args.watch)
+            window.start()
+            started = time.perf_counter()
+            pending = [
+                await producer.send(topic, value, key=key, headers=headers)
+                for key, value in records
+            ]
+            await asyncio.gather(*pending)
+            wall_s = time.perf_counter() - started
+            rounds.append({"wall_s": wall_s, "cpu_s": window.stop()})
     finally:
         await producer.stop()
-    return {"wall_s": wall_s, "cpu_s": cpu_s, "records": len(records)}
+    return {"rounds": rounds, "records": len(records)}
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -154,7 +168,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     )
     sub = parser.add_subparsers(dest="mode", required=True)
     http = sub.add_parser("http", help="post prepared bodies to ingest")
-    http.add_argument("--url", required=True)
+    http.add_argument("--url", action="append", required=True, help="repeat for several instances")
     http.add_argument("--bodies", type=Path, required=True)
     http.add_argument("--content-type", required=True)
     http.add_argument("--authorization", required=True)
@@ -167,17 +181,21 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
             "--watch",
             action="append",
             default=[],
-            metavar="NAME=PID",
+            metavar="NAME=PID[,PID...]",
             help="a process whose CPU time to report for the measured window",
         )
-    raw.add_argument("--topic", required=True)
+    raw.add_argument("--topic", action="append", required=True, help="one per round")
     raw.add_argument("--records", type=Path, required=True)
     return parser.parse_args(argv)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    result = asyncio.run(post_all(args) if args.mode == "http" else produce_raw(args))
+    if args.mode == "http":
+        result = asyncio.run(post_all(args))
+    else:
+        tune_garbage_collector()  # as every service runs (crm_shared.service)
+        result = uvloop.run(produce_raw(args))
     json.dump(result, sys.stdout)
     return 0
 

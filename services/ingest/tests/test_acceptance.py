@@ -15,6 +15,7 @@ from crm_ingest.acceptance import (
     Rules,
     check_batch,
     check_event,
+    check_many,
     split_batch,
 )
 from crm_shared.contracts import TOUCHPOINT_ADAPTER
@@ -182,3 +183,23 @@ def test_a_nul_character_is_refused_wherever_it_hides_in_a_batch() -> None:
     assert outcomes[1].errors[0]["field"] == "data.properties.tags.1"
     assert "NUL character" in outcomes[1].errors[0]["reason"]
     assert published(outcomes[2]).data.title == "\\u0000 is how JSON writes a NUL"
+
+
+def test_many_events_are_decided_as_each_alone_numbered_as_given() -> None:
+    events = [{**e, "id": f"m{i}"} for i, e in enumerate(all_examples()[:4])]
+    raws = [raw(e) for e in events]
+    indexes = [1, 2, 4, 7]
+    valid = check_many(raws, indexes, RULES, NOW)
+    assert [(o.index, o.id, o.status, o.value) for o in valid] == [
+        (i, o.id, o.status, o.value)
+        for i, o in zip(indexes, (check_event(r, 0, RULES, NOW) for r in raws), strict=True)
+    ]
+    broken = [*raws[:3], raw({**events[3], "specversion": "0.3"})]
+    outcomes = check_many(broken, indexes, RULES, NOW)
+    assert [(o.index, o.status) for o in outcomes] == [
+        (1, "retry"),
+        (2, "retry"),
+        (4, "retry"),
+        (7, "rejected"),
+    ]
+    assert outcomes[3].errors[0]["field"] == "specversion"

@@ -3,6 +3,7 @@ event is accepted only once the broker has acknowledged it on `crm.touchpoints.v
 
 from __future__ import annotations
 
+import collections
 import math
 import time
 import zlib
@@ -20,6 +21,7 @@ from crm_ingest.acceptance import (
     Rules,
     check_batch,
     check_event,
+    check_many,
 )
 from crm_ingest.auth import authenticate
 from crm_ingest.gate import Gate
@@ -130,14 +132,17 @@ Check = Callable[[Rules, datetime], list[Outcome]]
 
 
 def each(candidates: Sequence[bytes | Outcome]) -> Check:
-    """Check each candidate event: raw JSON, or an outcome already decided (a message of a
+    """Check each candidate event: a JSON object, or an outcome already decided (a message of a
     provider that could not be translated)."""
 
     def check(rules: Rules, now: datetime) -> list[Outcome]:
-        return [
-            c if isinstance(c, Outcome) else check_event(c, index, rules, now)
-            for index, c in enumerate(candidates)
-        ]
+        outcomes: list[Outcome | None] = [c if isinstance(c, Outcome) else None for c in candidates]
+        raws = [(i, c) for i, c in enumerate(candidates) if not isinstance(c, Outcome)]
+        if raws:
+            indexes, documents = zip(*raws, strict=True)
+            for outcome in check_many(documents, indexes, rules, now):
+                outcomes[outcome.index] = outcome
+        return [o for o in outcomes if o is not None]
 
     return check
 
@@ -186,16 +191,22 @@ async def accept(request: Request, key: WriteKey, check: Check) -> list[Outcome]
     return outcomes
 
 
+def _reason(outcome: Outcome) -> str:
+    if outcome.status == "retry":
+        return "broker_unavailable"
+    if outcome.too_large:
+        return "too_large"
+    return "forbidden" if outcome.forbidden else "invalid"
+
+
 def _count(source: str, outcomes: list[Outcome]) -> None:
-    for outcome in outcomes:
-        if outcome.status == "accepted":
-            ACCEPTED.labels(source).inc()
-        elif outcome.status == "retry":
-            REJECTED.labels(source, "broker_unavailable").inc()
-        elif outcome.too_large:
-            REJECTED.labels(source, "too_large").inc()
-        else:
-            REJECTED.labels(source, "forbidden" if outcome.forbidden else "invalid").inc()
+    """The request's outcomes in the counters, one increment per counter and reason."""
+    reasons = collections.Counter(_reason(o) for o in outcomes if o.status != "accepted")
+    accepted = len(outcomes) - sum(reasons.values())
+    if accepted:
+        ACCEPTED.labels(source).inc(accepted)
+    for reason, count in reasons.items():
+        REJECTED.labels(source, reason).inc(count)
 
 
 BATCH_EXAMPLE = {
