@@ -16,6 +16,7 @@ from crm_ingest.acceptance import (
     check_batch,
     check_event,
     check_many,
+    dump_json,
     split_batch,
 )
 from crm_shared.contracts import TOUCHPOINT_ADAPTER
@@ -203,3 +204,14 @@ def test_many_events_are_decided_as_each_alone_numbered_as_given() -> None:
         (7, "rejected"),
     ]
     assert outcomes[3].errors[0]["field"] == "specversion"
+
+
+def test_json_is_read_strictly_and_written_compactly() -> None:
+    """NaN and Infinity are not JSON, although Python's parser takes them; a number too large
+    for the fast encoder is still written exactly."""
+    with pytest.raises(NotABatch, match="NaN is not JSON"):
+        split_batch(b'[{"id": NaN}]', max_events=3)
+    with pytest.raises(NotABatch, match="Infinity is not JSON"):
+        split_batch(b'[{"id": -Infinity}]', max_events=3)
+    assert dump_json({"n": 2**70, "t": "é"}) == '{"n":1180591620717411303424,"t":"é"}'.encode()
+    assert dump_json({"n": 1, "t": "é"}) == '{"n":1,"t":"é"}'.encode()

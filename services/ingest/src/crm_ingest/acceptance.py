@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, Literal
 
+import orjson
 from pydantic import TypeAdapter, ValidationError
 
 from crm_shared.contracts import CHANNELS, TOUCHPOINT_ADAPTER, json_context
@@ -59,6 +60,26 @@ class Untranslatable(ValueError):
         self.error: FieldError = {"field": field, "reason": reason}
 
 
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
+def load_json(body: bytes) -> Any:
+    """A JSON document, strictly: Python's parser also takes NaN and Infinity, which JSON does
+    not have (ValueError, as for any other invalid JSON)."""
+    return json.loads(body, parse_constant=_no_constant)
+
+
+def dump_json(document: Any) -> bytes:
+    """Compact UTF-8 JSON of a translated message. orjson is some twenty times faster than the
+    standard library here (bench/ingest); integers beyond 64 bits, which it refuses, go through
+    the standard library."""
+    try:
+        return orjson.dumps(document)
+    except TypeError:
+        return json.dumps(document, separators=(",", ":"), ensure_ascii=False).encode()
+
+
 class NotABatch(ValueError):
     """The body is not a usable batch (422)."""
 
@@ -75,13 +96,13 @@ _BATCH_ADAPTER: TypeAdapter[list[Any]] = TypeAdapter(list[TouchpointEvent])
 def split_batch(body: bytes, max_events: int) -> list[bytes]:
     """The events of a batch (a JSON array), each as its own JSON document."""
     try:
-        items = json.loads(body)
+        items = load_json(body)
     except (ValueError, UnicodeDecodeError) as exc:
         raise NotABatch(f"invalid JSON: {exc}") from None
     if not isinstance(items, list):
         raise NotABatch("a batch is a JSON array of CloudEvents")
     _count_fits(len(items), max_events)
-    return [json.dumps(item, separators=(",", ":"), ensure_ascii=False).encode() for item in items]
+    return [dump_json(item) for item in items]
 
 
 def _count_fits(count: int, max_events: int) -> None:

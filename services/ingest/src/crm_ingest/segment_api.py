@@ -5,14 +5,13 @@ when pointed here. Each message goes through the same acceptance as a CloudEvent
 
 from __future__ import annotations
 
-import json
 from datetime import UTC, datetime
 from typing import Any
 
 from fastapi import APIRouter, HTTPException, Request
 from fastapi.responses import JSONResponse
 
-from crm_ingest.acceptance import Outcome, Untranslatable
+from crm_ingest.acceptance import Outcome, Untranslatable, dump_json, load_json
 from crm_ingest.api import RETRY_AFTER_S, RateLimited, accept, each, read_limited, settings_of
 from crm_ingest.auth import authenticate
 from crm_ingest.gate import Gate
@@ -89,7 +88,7 @@ async def handle(request: Request, kind: str | None) -> JSONResponse:
             f"the body is larger than the limit of {settings.max_body_bytes} bytes",
         )
     try:
-        document = json.loads(body)
+        document = load_json(body)
     except (ValueError, UnicodeDecodeError) as exc:
         return segment_error(400, "invalid_json", f"invalid JSON: {exc}")
     if not isinstance(document, dict):
@@ -130,7 +129,7 @@ async def handle(request: Request, kind: str | None) -> JSONResponse:
         except Untranslatable as exc:
             candidates.append(Outcome(index, _message_id(message), "rejected", [exc.error]))
             continue
-        candidates.append(json.dumps(event, separators=(",", ":")).encode())
+        candidates.append(dump_json(event))
     try:
         outcomes = await accept(request, key, each(candidates))
     except RateLimited as limited:

@@ -4,14 +4,13 @@ touchpoints and accepted like any other event."""
 
 from __future__ import annotations
 
-import json
 from datetime import UTC, datetime, timedelta
 from urllib.parse import parse_qsl
 
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
 
-from crm_ingest.acceptance import Outcome, Untranslatable
+from crm_ingest.acceptance import Outcome, Untranslatable, dump_json, load_json
 from crm_ingest.api import (
     RateLimited,
     accept,
@@ -111,7 +110,7 @@ async def sendgrid(request: Request) -> Response:
     except BadSignature as refused:
         return problem(401, str(refused))
     try:
-        items = json.loads(body)
+        items = load_json(body)
     except (ValueError, UnicodeDecodeError) as exc:
         return problem(400, f"invalid JSON: {exc}")
     if not isinstance(items, list):
@@ -124,7 +123,7 @@ async def sendgrid(request: Request) -> Response:
             candidates.append(Outcome(index, None, "rejected", [exc.error]))
             continue
         if event is not None:
-            candidates.append(json.dumps(event).encode())
+            candidates.append(dump_json(event))
     try:
         return _summary(await accept(request, SENDGRID, each(candidates)))
     except RateLimited as limited:
@@ -160,7 +159,7 @@ async def _twilio(request: Request, kind: str) -> Response:
     if event is None:
         return Response(EMPTY_TWIML, media_type="application/xml")
     try:
-        outcomes = await accept(request, TWILIO, each([json.dumps(event).encode()]))
+        outcomes = await accept(request, TWILIO, each([dump_json(event)]))
     except RateLimited as limited:
         return too_fast(limited)
     outcome = outcomes[0]
