@@ -1,6 +1,6 @@
 """No event answered 2xx is ever missing from the topic, even when the broker stops in the
-middle of a load: the local broker process is SIGSTOPped, then SIGCONTed, and the topic is
-read back and counted."""
+middle of a load (the local broker process is SIGSTOPped, then SIGCONTed) or when ingest itself
+is stopped with SIGTERM; the topic is read back and counted."""
 
 from __future__ import annotations
 
@@ -31,6 +31,7 @@ from tests.support import (
 WORKERS = 8
 EVENTS_PER_WORKER = 60
 HEADERS = {"Content-Type": "application/cloudevents+json", "Authorization": "Bearer dev-write-key"}
+BATCH = {**HEADERS, "Content-Type": "application/cloudevents-batch+json"}
 
 
 def broker_pid() -> int:
@@ -113,6 +114,99 @@ async def test_every_2xx_is_on_the_topic_when_the_broker_stops_mid_load(
     assert during_stop == [], f"{len(during_stop)} answered 202 while the broker was stopped"
     assert sum(window[0] < t[0] and t[1] < window[1] for t in timings.values()) >= WORKERS
 
+    records = await read_topic(
+        endpoints.bootstrap, TOUCHPOINTS.full_name(topic_prefix), at_least=len(accepted)
+    )
+    on_topic = {value["id"] for value in values_of(records)}
+    missing = accepted - on_topic
+    assert not missing, f"{len(missing)} events answered 202 are not on the topic"
+
+
+async def test_sigterm_mid_load_answers_in_flight_requests_and_loses_none(
+    endpoints: Endpoints, topic_prefix: str, tmp_path: Path
+) -> None:
+    """A deploy stops ingest with SIGTERM while senders are busy. Requests in flight at that
+    moment are still answered, and every event answered 2xx, before or during the shutdown, is
+    on the topic. To be sure the signal finds produces in flight, the broker is stopped first
+    (SIGSTOP) until every sender waits on one, and continued once ingest is draining."""
+    if endpoints.origin != "local":
+        pytest.skip(f"the broker comes from {endpoints.origin}: no local process to SIGSTOP")
+    ingest = ServiceProcess(
+        "crm_ingest", service_env(endpoints, topic_prefix), free_port(), tmp_path / "ingest.log"
+    )
+    ingest.start()
+    answers: dict[str, int | str] = {}
+    timings: dict[str, tuple[float, float]] = {}
+    posting: dict[int, float] = {}  # worker -> when its current request started
+    marks = {"broker stopped": 0.0, "signalled": 0.0}
+    pid = broker_pid()
+    try:
+        await ingest.wait_ready()
+
+        async def send(worker: int) -> None:
+            # Each worker its own connection, as separate senders would have.
+            async with httpx.AsyncClient(timeout=30) as http:
+                for n in range(1000):
+                    ids = [f"{worker}-{n}-{i}-{uuid.uuid4().hex[:6]}" for i in range(20)]
+                    batch = [
+                        example_event("crm.touchpoint.web.page_viewed", event_id=event_id)
+                        for event_id in ids
+                    ]
+                    started = posting[worker] = time.monotonic()
+                    try:
+                        answer = await http.post(
+                            f"{ingest.url}/v1/events", content=json.dumps(batch), headers=BATCH
+                        )
+                    except httpx.TransportError:
+                        # Refused or closed once ingest stopped taking requests: not an answer.
+                        answers.update(dict.fromkeys(ids, "no answer"))
+                        return
+                    finally:
+                        posting.pop(worker, None)
+                    for event_id in ids:
+                        answers[event_id] = answer.status_code
+                        timings[event_id] = (started, time.monotonic())
+
+        load = asyncio.gather(*(send(w) for w in range(WORKERS)))
+        await wait_until(
+            lambda: list(answers.values()).count(202) >= 200, what="the load to get going"
+        )
+        os.kill(pid, signal.SIGSTOP)
+        marks["broker stopped"] = time.monotonic()
+        try:
+            await wait_until(
+                lambda: (
+                    len([t for t in posting.values() if t > marks["broker stopped"]]) == WORKERS
+                ),
+                what="every sender waiting on a produce",
+            )
+            marks["signalled"] = time.monotonic()
+            assert ingest.process is not None
+            ingest.process.send_signal(signal.SIGTERM)
+            # The broker comes back only once ingest is draining: the in-flight produces must
+            # outlive the start of the shutdown, not finish before it.
+            await wait_until(
+                lambda: "Waiting for connections to close" in ingest.log.read_text(),
+                what="ingest to wait for its open requests",
+            )
+        finally:
+            os.kill(pid, signal.SIGCONT)
+        await asyncio.wait_for(load, timeout=60)
+        # uvicorn re-raises the signal once it has shut down gracefully.
+        assert await ingest.wait_exit(timeout=60) in (0, -signal.SIGTERM)
+        assert "service stopped" in ingest.tail(), ingest.tail()
+    finally:
+        ingest.stop()
+
+    assert set(answers.values()) <= {202, 503, "no answer"}, set(answers.values())
+    accepted = {event_id for event_id, status in answers.items() if status == 202}
+    in_flight = {
+        event_id
+        for event_id in accepted
+        if timings[event_id][0] < marks["signalled"] and timings[event_id][1] > marks["signalled"]
+    }
+    # Every sender had a request waiting on the broker when the signal came: all were answered.
+    assert len(in_flight) == WORKERS * 20, f"{len(in_flight)} in-flight events answered 202"
     records = await read_topic(
         endpoints.bootstrap, TOUCHPOINTS.full_name(topic_prefix), at_least=len(accepted)
     )
