@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import importlib
 import json
 from pathlib import Path
+from typing import Any
+
+import pytest
 
 from jsonschema import Draft202012Validator
 
@@ -45,3 +49,30 @@ def test_the_asyncapi_document_names_every_topic_with_a_resolvable_payload() -> 
         ref = message["payload"].get("$ref")
         if ref:
             assert ref.removeprefix("#/components/schemas/") in document["components"]["schemas"]
+
+
+def _operations_without_examples(document: dict[str, Any]) -> list[str]:
+    """Operations whose request body or success answer shows no example."""
+    missing = []
+    for path, item in document["paths"].items():
+        for method, operation in item.items():
+            where = f"{method.upper()} {path}"
+            body = operation.get("requestBody", {}).get("content", {})
+            for media, content in body.items():
+                if "example" not in content and "examples" not in content:
+                    missing.append(f"{where}: request {media}")
+            answers = [
+                content
+                for status, response in operation.get("responses", {}).items()
+                if str(status).startswith("2")
+                for content in response.get("content", {}).values()
+            ]
+            if not any("example" in c or "examples" in c for c in answers):
+                missing.append(f"{where}: success answer")
+    return missing
+
+
+@pytest.mark.parametrize("service", ["ingest", "profile", "loyalty", "notify"])
+def test_every_http_operation_documents_an_example(service: str) -> None:
+    build = importlib.import_module(f"crm_{service}.app").build
+    assert _operations_without_examples(build().app.openapi()) == []

@@ -67,6 +67,13 @@ class ConsumerSpec:
     apply: Callable[[Runtime], Apply[Any]]
 
 
+METRICS_EXAMPLE = (
+    "# HELP crm_http_request_duration_seconds HTTP request latency by route and status\n"
+    "# TYPE crm_http_request_duration_seconds histogram\n"
+    'crm_http_request_duration_seconds_count{method="POST",route="/v1/events",'
+    'service="ingest",status="202"} 1024.0\n'
+)
+
 # Objects a collection of the youngest generation waits for (CPython's default: 700).
 GC_YOUNG_THRESHOLD = 50_000
 
@@ -221,15 +228,47 @@ class Service:
     def _add_operational_routes(self) -> None:
         app = self.app
 
-        @app.get("/healthz", tags=["operations"], summary="The process is alive")
+        @app.get(
+            "/healthz",
+            tags=["operations"],
+            summary="The process is alive",
+            description="Liveness: answers as long as the event loop runs; checks nothing else.",
+            responses={
+                200: {
+                    "description": "alive",
+                    "content": {"application/json": {"example": {"status": "ok"}}},
+                }
+            },
+        )
         async def healthz() -> dict[str, str]:
             return {"status": "ok"}
+
+        has_database = self._migrations is not None
+        checked = {"kafka": "ok", "database": "ok"} if has_database else {"kafka": "ok"}
+        down = {**checked, "kafka": "unreachable"}
 
         @app.get(
             "/readyz",
             tags=["operations"],
             summary="Kafka and the database are reachable",
-            responses={503: {"description": "a dependency is not reachable"}},
+            description="Readiness: a metadata request to Kafka"
+            + (" and `SELECT 1` on the database" if has_database else "")
+            + ", each within 2 s. Take the instance out of the load balancer while it answers "
+            "503.",
+            responses={
+                200: {
+                    "description": "every dependency answered",
+                    "content": {
+                        "application/json": {"example": {"status": "ready", "checks": checked}}
+                    },
+                },
+                503: {
+                    "description": "a dependency is not reachable",
+                    "content": {
+                        "application/json": {"example": {"status": "not ready", "checks": down}}
+                    },
+                },
+            },
         )
         async def readyz(request: Request) -> JSONResponse:
             runtime = runtime_of(request)
@@ -247,7 +286,18 @@ class Service:
                 status_code=200 if ready else 503,
             )
 
-        @app.get("/metrics", tags=["operations"], summary="Prometheus metrics")
+        @app.get(
+            "/metrics",
+            tags=["operations"],
+            summary="Prometheus metrics",
+            response_class=Response,
+            responses={
+                200: {
+                    "description": "the Prometheus text exposition format",
+                    "content": {CONTENT_TYPE_LATEST: {"example": METRICS_EXAMPLE}},
+                }
+            },
+        )
         async def metrics() -> Response:
             return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
 

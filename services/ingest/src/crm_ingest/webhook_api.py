@@ -5,6 +5,7 @@ touchpoints and accepted like any other event."""
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
+from typing import Any
 from urllib.parse import parse_qsl
 
 from fastapi import APIRouter, Request, Response
@@ -170,23 +171,49 @@ async def _twilio(request: Request, kind: str) -> Response:
     return Response(EMPTY_TWIML, media_type="application/xml")
 
 
-_FORM = {
-    "requestBody": {
-        "required": True,
-        "content": {
-            "application/x-www-form-urlencoded": {
-                "schema": {"type": "object", "additionalProperties": {"type": "string"}}
-            }
-        },
+def _form(example: dict[str, str]) -> dict[str, Any]:
+    return {
+        "requestBody": {
+            "required": True,
+            "content": {
+                "application/x-www-form-urlencoded": {
+                    "schema": {"type": "object", "additionalProperties": {"type": "string"}},
+                    "example": example,
+                }
+            },
+        }
     }
+
+
+_TWIML_ANSWER: dict[int | str, dict[str, Any]] = {
+    200: {
+        "description": "taken (an empty TwiML answer, so Twilio does nothing more)",
+        "content": {"application/xml": {"example": EMPTY_TWIML}},
+    },
+    422: {"description": "the callback is not a valid touchpoint: each field and reason"},
+    503: {"description": "the broker did not acknowledge in time; Twilio retries"},
+}
+_CALL = {
+    "CallSid": "CA5f1c2d3e4f5061728394a5b6c7d8e9f0",
+    "CallStatus": "completed",
+    "Direction": "inbound",
+    "From": "+37060000001",
+    "To": "+37052000000",
+    "CallDuration": "312",
+}
+_SMS = {
+    "MessageSid": "SM5f1c2d3e4f5061728394a5b6c7d8e9f0",
+    "From": "+37060000001",
+    "To": "+37052000000",
+    "Body": "STOP",
 }
 
 
 @router.post(
     "/twilio/voice",
     summary="Twilio call status callback (signed)",
-    responses=RESPONSES,
-    openapi_extra=_FORM,
+    responses={**_TWIML_ANSWER, **RESPONSES},
+    openapi_extra=_form(_CALL),
 )
 async def twilio_voice(request: Request) -> Response:
     return await _twilio(request, "voice")
@@ -195,8 +222,8 @@ async def twilio_voice(request: Request) -> Response:
 @router.post(
     "/twilio/sms",
     summary="Twilio incoming SMS webhook (signed)",
-    responses=RESPONSES,
-    openapi_extra=_FORM,
+    responses={**_TWIML_ANSWER, **RESPONSES},
+    openapi_extra=_form(_SMS),
 )
 async def twilio_sms_received(request: Request) -> Response:
     return await _twilio(request, "sms")

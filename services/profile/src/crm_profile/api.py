@@ -113,6 +113,7 @@ async def lookup(
     response_model=ProfileView,
     summary="A profile by id",
     responses={
+        200: {"content": {"application/json": {"example": EXAMPLE}}},
         404: {"description": "no such profile"},
         401: {"description": "no or unknown bearer token"},
     },
