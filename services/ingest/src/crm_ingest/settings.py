@@ -28,7 +28,10 @@ class IngestSettings(ServiceSettings):
         default=2 * 1024 * 1024, ge=1024, description="largest request body (a whole batch)"
     )
     max_event_bytes: int = Field(
-        default=32 * 1024, ge=256, description="largest single event, as JSON"
+        default=32 * 1024,
+        ge=256,
+        description="largest single event, as published (compact JSON); an event that is not "
+        "valid and larger as sent is refused as too large too",
     )
     max_batch_events: int = Field(default=500, ge=1, description="most events in one batch")
     default_phone_region: str | None = Field(
