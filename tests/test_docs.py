@@ -8,7 +8,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
 from jsonschema import Draft202012Validator
 
 from crm_shared.contracts.examples import all_examples
