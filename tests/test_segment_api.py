@@ -152,3 +152,11 @@ async def test_single_calls_and_segment_style_errors(ingest: ServiceProcess) -> 
         assert (nobody.status_code, nobody.json()["code"]) == (401, "unauthorized")
         huge = await http.post("/v1/batch", headers=auth, content=b"[" + b" " * (3 << 20) + b"]")
         assert (huge.status_code, huge.json()["code"]) == (413, "payload_too_large")
+        # Segment's own limits: 500 KB per batch, 32 KB per call.
+        big_batch = {"batch": [{"type": "track", "userId": "u", "event": "X" * 1000}] * 520}
+        over = await http.post("/v1/batch", headers=auth, json=big_batch)
+        assert (over.status_code, over.json()["code"]) == (413, "payload_too_large")
+        assert over.json()["message"] == "the batch is larger than the limit of 512000 bytes"
+        big_call = {"userId": "u", "event": "X", "properties": {"note": "n" * 40_000}}
+        over = await http.post("/v1/track", headers=auth, json=big_call)
+        assert over.json()["message"] == "the track call is larger than the limit of 32768 bytes"

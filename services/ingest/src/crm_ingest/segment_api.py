@@ -59,7 +59,10 @@ RESPONSES: dict[int | str, dict[str, Any]] = {
     },
     401: {"description": "no or unknown write key (Basic-auth user name or `writeKey`)"},
     403: {"description": "a channel outside the write key's scope"},
-    413: {"description": "body or message larger than its limit"},
+    413: {
+        "description": "larger than Segment's limits: 500 KB for a batch, CRM_MAX_EVENT_BYTES "
+        "(32 KiB) for a call or one message"
+    },
     429: {"description": "rate limit used up; retry after Retry-After"},
     503: {"description": "the broker did not acknowledge in time; retry after Retry-After"},
 }
@@ -77,15 +80,23 @@ def _message_id(message: Any) -> str | None:
     return str(value) if value is not None else None
 
 
+# Segment's documented limits: 500 KB per batch request, 32 KB per call (here the per-event
+# limit, 32 KiB by default). Its libraries stay below them; other senders learn them here.
+SEGMENT_MAX_BATCH_BYTES = 500 * 1024
+
+
 async def handle(request: Request, kind: str | None) -> JSONResponse:
     settings = settings_of(request)
     gate: Gate = request.app.state.gate
-    body = await read_limited(request, settings.max_body_bytes)
+    limit = min(
+        settings.max_body_bytes,
+        SEGMENT_MAX_BATCH_BYTES if kind is None else settings.max_event_bytes,
+    )
+    body = await read_limited(request, limit)
     if body is None:
+        what = "batch" if kind is None else f"{kind} call"
         return segment_error(
-            413,
-            "payload_too_large",
-            f"the body is larger than the limit of {settings.max_body_bytes} bytes",
+            413, "payload_too_large", f"the {what} is larger than the limit of {limit} bytes"
         )
     try:
         document = load_json(body)
