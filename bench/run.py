@@ -28,6 +28,10 @@ from functools import partial
 from pathlib import Path
 from typing import TypeVar
 
+# A script has only its own folder (bench/, for `common`) on sys.path; the helpers the tests use
+# live in tests/, under the repository.
+sys.path.insert(1, str(Path(__file__).resolve().parents[1]))
+
 import asyncpg
 import httpx
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
