@@ -682,8 +682,8 @@ def how_to_read(bench: Bench, cpus: int) -> list[str]:
         f"ran with {bench.machine.get('PostgreSQL durability', 'its defaults')}; with fsync "
         "on, every commit also waits for the disk.",
         "- Ingest answers 202 only once the broker acknowledged the event, one event per "
-        "request, and its producer lingers up to 5 ms to batch records: a lone client cannot "
-        "go below that linger, concurrent clients share it. The note of each ingest row gives "
+        "request; it hands each request's records to the producer as ready record batches, "
+        "which do not wait for the producer's linger. The note of each ingest row gives "
         "the time spent inside ingest's route (its access log); the rest of the client's "
         "figure is the HTTP server, the network and the load generator, all waiting for a CPU "
         "when the machine is busy. Loyalty and notify consume every accepted event meanwhile, "

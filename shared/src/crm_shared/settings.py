@@ -34,7 +34,8 @@ class ServiceSettings(BaseSettings):
     kafka_linger_ms: int = Field(
         default=5,
         ge=0,
-        description="how long the producer waits to batch records; each lone write waits it",
+        description="how long the producer waits to batch records of the outbox relay and the "
+        "dead letters; ingest hands its records over in ready batches, which do not wait",
     )
     kafka_request_timeout_ms: int = Field(
         default=30_000, ge=1000, description="producer request timeout"
