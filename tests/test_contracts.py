@@ -8,7 +8,12 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
-from crm_shared.contracts import TOUCHPOINT_ADAPTER, TOUCHPOINT_CLASSES, touchpoint_types
+from crm_shared.contracts import (
+    TOUCHPOINT_ADAPTER,
+    TOUCHPOINT_CLASSES,
+    json_context,
+    touchpoint_types,
+)
 from crm_shared.contracts.examples import all_examples, example_event
 from crm_shared.errors import field_errors
 
@@ -146,3 +151,41 @@ def test_json_content_type_parameters_and_extensions_are_accepted() -> None:
     document.update(datacontenttype="application/json; charset=utf-8", traceparent="00-ab-cd-01")
     event = TOUCHPOINT_ADAPTER.validate_json(json.dumps(document))
     assert event.model_extra == {"traceparent": "00-ab-cd-01"}
+
+
+@pytest.mark.parametrize("number", [b"NaN", b"-Infinity", b"Infinity", b"1e400", b"-2.5E+999"])
+@pytest.mark.parametrize("with_context", [False, True], ids=["plain", "json_context"])
+def test_numbers_that_are_not_finite_are_refused_not_turned_into_null(
+    number: bytes, with_context: bool
+) -> None:
+    """The parser takes NaN and Infinity (not JSON) and reads 1e400 as infinity; the serializer
+    would write each as null. Refused with the field, with or without the context ingest and
+    the consumers pass (json_context), which must not vouch for such a document."""
+    document = example_event("crm.touchpoint.web.page_viewed")
+    document["data"]["properties"] = {"score": [1, "__N__"]}
+    raw = json.dumps(document).encode().replace(b'"__N__"', number)
+    context = json_context(raw) if with_context else None
+    assert context is None
+    with pytest.raises(ValidationError) as raised:
+        TOUCHPOINT_ADAPTER.validate_json(raw, context=context)
+    assert [(e["field"], e["reason"]) for e in field_errors(raised.value)] == [
+        ("data.properties.score.1", "is not a finite number (NaN and Infinity are not JSON)")
+    ]
+
+
+def test_json_context_vouches_only_for_documents_without_suspects() -> None:
+    clean = json.dumps(example_event("crm.touchpoint.web.page_viewed")).encode()
+    assert json_context(clean) == {"crm.clean_json": True}
+    # Look-alikes only cost the search, and pass it.
+    for text in ["NaN is a word", "\\u0000 as text", "a, 5e123 b"]:
+        document = example_event("crm.touchpoint.web.page_viewed")
+        document["data"]["title"] = text
+        raw = json.dumps(document).encode()
+        assert json_context(raw) is None
+        assert TOUCHPOINT_ADAPTER.validate_json(raw).data.title == text
+    big_but_finite = example_event("crm.touchpoint.web.page_viewed")
+    big_but_finite["data"]["properties"] = {"x": 1.5e300}
+    raw = json.dumps(big_but_finite).encode()
+    assert TOUCHPOINT_ADAPTER.validate_json(raw, context=json_context(raw)).data.properties == {
+        "x": 1.5e300
+    }

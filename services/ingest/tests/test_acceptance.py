@@ -213,5 +213,36 @@ def test_json_is_read_strictly_and_written_compactly() -> None:
         split_batch(b'[{"id": NaN}]', max_events=3)
     with pytest.raises(NotABatch, match="Infinity is not JSON"):
         split_batch(b'[{"id": -Infinity}]', max_events=3)
-    assert dump_json({"n": 2**70, "t": "é"}) == '{"n":1180591620717411303424,"t":"é"}'.encode()
+    with pytest.raises(NotABatch, match="1e400 is beyond the range of a number"):
+        split_batch(b'[{"id": 1e400}]', max_events=3)
+    assert dump_json({"n": 2**70, "t": "é"}) == b'{"n":1180591620717411303424,"t":"\\u00e9"}'
     assert dump_json({"n": 1, "t": "é"}) == '{"n":1,"t":"é"}'.encode()
+
+
+def test_a_lone_surrogate_refuses_its_own_event_only() -> None:
+    """Half an emoji (a sender cutting a string between UTF-16 halves) is not text: that event
+    is refused with its field, the others of the request go on."""
+    good = example_event("crm.touchpoint.web.page_viewed", event_id="s0")
+    cut = example_event("crm.touchpoint.web.page_viewed", event_id="s1")
+    cut["data"]["title"] = "Loyalty \ud83d"
+    outcomes = check_many([dump_json(good), dump_json(cut)], [0, 1], RULES, NOW)
+    assert [o.status for o in outcomes] == ["retry", "rejected"]
+    # The parser's words for it: "unexpected end of hex escape" (a high half with no low one).
+    assert outcomes[1].errors[0]["reason"].startswith("invalid JSON: unexpected end of hex")
+    batch = json.dumps([good, cut]).encode()  # the escape \ud83d, as a sender would write it
+    assert [o.status for o in check_batch(batch, 3, RULES, NOW)] == ["retry", "rejected"]
+
+
+def test_a_number_that_is_not_finite_never_becomes_null() -> None:
+    """Alone it is refused with its field; in a batch the body is not JSON (NaN, Infinity) or
+    holds a number beyond range (1e400), and the batch is refused whole, fast path or not."""
+    document = example_event("crm.touchpoint.web.page_viewed", event_id="n1")
+    document["data"]["properties"] = {"x": "__N__"}
+    good = raw(example_event("crm.touchpoint.web.page_viewed", event_id="n0"))
+    for number in (b"NaN", b"1e400"):
+        bad = raw(document).replace(b'"__N__"', number)
+        alone = check_event(bad, 0, RULES, NOW)
+        assert (alone.status, alone.errors[0]["field"]) == ("rejected", "data.properties.x")
+        for batch in (b"[" + bad + b"]", b"[" + good + b"," + bad + b"]"):
+            with pytest.raises(NotABatch, match="invalid JSON"):
+                check_batch(batch, 3, RULES, NOW)

@@ -78,3 +78,7 @@ def test_the_rate_limit_refills_steadily_and_says_how_long_to_wait() -> None:
     assert limiter.take("shop", 5) == 0
     assert limiter.take("shop", 1) == pytest.approx(0.1)
     assert limiter.take("shop", 21) == float("inf")
+    assert limiter.peek("shop", 1) == pytest.approx(0.1)
+    now[0] = 0.7
+    assert limiter.peek("shop", 1) == 0, "a peek takes nothing"
+    assert limiter.take("shop", 1) == 0

@@ -28,7 +28,7 @@ from faststream.kafka.annotations import KafkaMessage
 from prometheus_client import Counter
 from pydantic import ValidationError
 
-from crm_shared.contracts.envelope import dedupe_key
+from crm_shared.contracts.envelope import dedupe_key, json_context
 from crm_shared.contracts.topics import DEADLETTER
 from crm_shared.contracts.touchpoints import TOUCHPOINT_ADAPTER
 from crm_shared.database import DbConnection
@@ -243,7 +243,7 @@ def decode_json_event(adapter: Any) -> Decode[Any]:
     def decode(record: ConsumerRecord[bytes, bytes]) -> Received[Any]:
         if record.value is None:
             raise Undecodable("record has no value")
-        event = adapter.validate_json(record.value)
+        event = adapter.validate_json(record.value, context=json_context(record.value))
         return Received(dedupe_key(event), event)
 
     return decode

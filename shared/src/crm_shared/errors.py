@@ -34,7 +34,8 @@ def field_errors(exc: ValidationError) -> list[FieldError]:
         elif kind == "union_tag_not_found":
             field, reason = "type", "is required"
         elif kind == "json_invalid":
-            field, reason = "", f"invalid JSON: {error['msg']}"
+            detail = str(error["msg"]).removeprefix("Invalid JSON: ")
+            field, reason = "", f"invalid JSON: {detail}"
         elif kind == "field_problem":
             ctx = error.get("ctx", {})
             parent = _field_path(tuple(error["loc"]))

@@ -100,17 +100,24 @@ async def publish_each(
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
     sent: list[tuple[asyncio.Future[object], list[int]]] = []
+
+    async def submit(
+        topic: str, partition: int, batches: list[tuple[BatchBuilder, list[int]]]
+    ) -> None:
+        # In order within the partition; `send_batch` waits while the partition already has a
+        # batch queued, so each partition has its own chain and one busy partition does not
+        # hold the others back.
+        for batch, held in batches:
+            sent.append((await _submit(producer, batch, topic, partition), held))
+
     try:
         async with asyncio.timeout_at(deadline):
-            for (topic, partition), members in (await _by_partition(producer, records)).items():
-                batch, held = producer.create_batch(), list[int]()
-                for i in members:
-                    if not _append(batch, records[i]):
-                        sent.append((await _submit(producer, batch, topic, partition), held))
-                        batch, held = producer.create_batch(), list[int]()
-                        _append(batch, records[i])  # the first record always fits
-                    held.append(i)
-                sent.append((await _submit(producer, batch, topic, partition), held))
+            grouped = await _by_partition(producer, records)
+            chains = [
+                submit(topic, partition, _batches(producer, records, members))
+                for (topic, partition), members in grouped.items()
+            ]
+            await asyncio.gather(*chains)
     except (TimeoutError, KafkaError):
         pass  # the records not handed to the producer count as not acknowledged
     acknowledged = [False] * len(records)
@@ -122,7 +129,32 @@ async def publish_each(
             if future in done and not future.cancelled() and future.exception() is None:
                 for i in held:
                     acknowledged[i] = True
+            elif not future.done():
+                # Answered "not acknowledged" already; its outcome, if it ever fails, is known.
+                future.add_done_callback(_consume_outcome)
     return acknowledged
+
+
+def _batches(
+    producer: AIOKafkaProducer, records: Sequence[OutgoingRecord], members: list[int]
+) -> list[tuple[BatchBuilder, list[int]]]:
+    """The records `members` (indexes into `records`) in as few record batches as fit, in
+    order, each with the indexes it holds."""
+    batches: list[tuple[BatchBuilder, list[int]]] = []
+    batch, held = producer.create_batch(), list[int]()
+    for i in members:
+        if not _append(batch, records[i]):
+            batches.append((batch, held))
+            batch, held = producer.create_batch(), list[int]()
+            _append(batch, records[i])  # the first record always fits
+        held.append(i)
+    batches.append((batch, held))
+    return batches
+
+
+def _consume_outcome(future: asyncio.Future[object]) -> None:
+    if not future.cancelled():
+        future.exception()  # retrieved, so asyncio does not log it as never retrieved
 
 
 @functools.lru_cache(maxsize=65_536)

@@ -31,12 +31,25 @@ class RateLimiter:
     def take(self, name: str, events: int) -> float:
         """Take `events` tokens from `name`'s bucket: 0 when allowed, else the seconds after
         which they would be there (nothing is taken then)."""
+        bucket = self._refilled(name)
+        wait_s = self._wait(bucket, events)
+        if not wait_s:
+            bucket.tokens -= events
+        return wait_s
+
+    def peek(self, name: str, events: int) -> float:
+        """What `take` would answer, taking nothing."""
+        return self._wait(self._refilled(name), events)
+
+    def _refilled(self, name: str) -> _Bucket:
         now = self._clock()
         bucket = self._buckets.setdefault(name, _Bucket(self.burst, now))
         bucket.tokens = min(self.burst, bucket.tokens + (now - bucket.updated) * self.rate)
         bucket.updated = now
+        return bucket
+
+    def _wait(self, bucket: _Bucket, events: int) -> float:
         if events <= bucket.tokens:
-            bucket.tokens -= events
             return 0.0
         if events > self.burst:
             return math.inf

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import re
 import uuid
 from typing import Annotated, Any, Generic, Literal, TypeVar
@@ -18,16 +19,50 @@ _EXTENSION_NAME = re.compile(r"^[a-z0-9]{1,20}$")
 DERIVED_ID_NAMESPACE = uuid.UUID("6f0b5c1e-6c57-4a55-9a43-2f1f1f0c9d21")
 
 
-# JSON carries a NUL character only as this escape: a raw NUL byte in a string is invalid JSON,
-# which the parser refuses. A document without it needs no search for one after validation.
+# What can spoil a JSON document's values for PostgreSQL and for other JSON readers: a NUL
+# character, which JSON carries only as this escape (a raw NUL byte is invalid JSON and refused
+# by the parser), and a number that is not finite. The parser takes NaN and Infinity (not JSON)
+# and reads 1e400 as infinity; the serializer would write each of them as null.
 _NUL_ESCAPE = b"\\u0000"
-NUL_FREE = "crm.nul_free"
+_NON_FINITE = (b"NaN", b"Infinity")
+_SUSPECT = re.compile(rb"\\u0000|NaN|Infinity|[:,\[]\s*-?\d+(?:\.\d+)?[eE]\+?\d{3}")
+CLEAN_JSON = "crm.clean_json"
 
 
 def json_context(raw: bytes) -> dict[str, bool] | None:
-    """The validation context for the JSON document `raw`: pass it to `validate_json`, and an
-    event is not searched for NUL characters when `raw` cannot hold one."""
-    return None if _NUL_ESCAPE in raw else {NUL_FREE: True}
+    """The validation context for the JSON document `raw`: pass it to `validate_json`, and the
+    events in it are not searched for NUL characters and numbers that are not finite when
+    `raw` cannot hold any (no \\u0000 escape, no NaN or Infinity, no exponent of three
+    digits). A string that merely looks suspect only costs that search."""
+    return None if _SUSPECT.search(raw) else {CLEAN_JSON: True}
+
+
+def _first_problem(value: Any, path: str) -> tuple[str, str] | None:
+    """The path of the first key or string holding a NUL character (PostgreSQL cannot store
+    it in text or jsonb) or of the first number that is not finite, with the reason: refused on
+    the way in rather than failing, or silently becoming null, after acceptance."""
+    if isinstance(value, str):
+        return (path, _NUL_REASON) if "\x00" in value else None
+    if isinstance(value, float):
+        return None if math.isfinite(value) else (path, _NON_FINITE_REASON)
+    if isinstance(value, dict):
+        for key, item in value.items():
+            where = f"{path}.{key}" if path else str(key)
+            if "\x00" in str(key):
+                return where, _NUL_REASON
+            found = _first_problem(item, where)
+            if found:
+                return found
+    if isinstance(value, list):
+        for index, item in enumerate(value):
+            found = _first_problem(item, f"{path}.{index}")
+            if found:
+                return found
+    return None
+
+
+_NUL_REASON = "contains a NUL character (\\u0000), which is not allowed"
+_NON_FINITE_REASON = "is not a finite number (NaN and Infinity are not JSON)"
 
 
 def field_problem(field: str, reason: str) -> PydanticCustomError:
@@ -38,27 +73,6 @@ def field_problem(field: str, reason: str) -> PydanticCustomError:
     )
 
 
-def _first_nul(value: Any, path: str) -> str | None:
-    """The path of the first key or string holding a NUL character, which PostgreSQL cannot
-    store in text or jsonb: refused on the way in rather than failing after acceptance."""
-    if isinstance(value, str):
-        return path if "\x00" in value else None
-    if isinstance(value, dict):
-        for key, item in value.items():
-            where = f"{path}.{key}" if path else str(key)
-            if "\x00" in str(key):
-                return where
-            found = _first_nul(item, where)
-            if found:
-                return found
-    if isinstance(value, list):
-        for index, item in enumerate(value):
-            found = _first_nul(item, f"{path}.{index}")
-            if found:
-                return found
-    return None
-
-
 def derived_event_id(*parts: str) -> str:
     """A deterministic id for an event derived from others: a re-publish is a duplicate."""
     return str(uuid.uuid5(DERIVED_ID_NAMESPACE, "\x1f".join(parts)))
@@ -67,7 +81,9 @@ def derived_event_id(*parts: str) -> str:
 class Contract(BaseModel):
     """Base of every payload: strict types, unknown fields refused, immutable."""
 
-    model_config = ConfigDict(strict=True, extra="forbid", frozen=True)
+    model_config = ConfigDict(
+        strict=True, extra="forbid", frozen=True, ser_json_inf_nan="constants"
+    )
 
 
 DataT = TypeVar("DataT", bound=BaseModel)
@@ -79,7 +95,7 @@ class CloudEvent(BaseModel, Generic[DataT]):
     Extension attributes are allowed, as the specification says, when their names are valid.
     """
 
-    model_config = ConfigDict(strict=True, extra="allow", frozen=True)
+    model_config = ConfigDict(strict=True, extra="allow", frozen=True, ser_json_inf_nan="constants")
 
     specversion: Literal["1.0"]
     id: NonEmptyStr
@@ -108,15 +124,16 @@ class CloudEvent(BaseModel, Generic[DataT]):
                 )
         # After validation, not before: a "before" validator would hand strict fields a Python
         # dict, where strict mode refuses the JSON forms (an RFC 3339 string for a datetime).
-        # The JSON form shows every NUL, in keys and strings alike, as \u0000: one search in C
-        # is the common case; the walk that finds its path runs only for an event that has one.
-        searched = bool(info.context and info.context.get(NUL_FREE))
-        if not searched and _NUL_ESCAPE in self.__pydantic_serializer__.to_json(self):
-            where = _first_nul(self.model_dump(), "")
-            if where is not None:
-                raise field_problem(
-                    where, "contains a NUL character (\\u0000), which is not allowed"
-                )
+        # The JSON form shows every NUL, in keys and strings alike, as \u0000, and every number
+        # that is not finite as NaN or Infinity (ser_json_inf_nan): one search in C is the
+        # common case; the walk that finds the path runs only for an event that may have one.
+        if info.context and info.context.get(CLEAN_JSON):
+            return self
+        dumped = self.__pydantic_serializer__.to_json(self)
+        if _NUL_ESCAPE in dumped or any(marker in dumped for marker in _NON_FINITE):
+            found = _first_problem(self.model_dump(), "")
+            if found is not None:
+                raise field_problem(*found)
         return self
 
 

@@ -15,7 +15,7 @@ from aiokafka import ConsumerRecord
 
 from crm_shared.consumer import Received, Undecodable
 from crm_shared.contracts import PROFILE_SNAPSHOT_ADAPTER, ProfileSnapshot
-from crm_shared.contracts.envelope import dedupe_key
+from crm_shared.contracts.envelope import dedupe_key, json_context
 from crm_shared.database import DbConnection, Migration, load_migrations
 from crm_shared.kafka import OutgoingRecord
 
@@ -40,7 +40,9 @@ def decode_profile_record(
             f"tombstone:{record.topic}:{record.partition}:{record.offset}",
             Tombstone(record.key.decode()),
         )
-    snapshot = PROFILE_SNAPSHOT_ADAPTER.validate_json(record.value)
+    snapshot = PROFILE_SNAPSHOT_ADAPTER.validate_json(
+        record.value, context=json_context(record.value)
+    )
     return Received(dedupe_key(snapshot), snapshot)
 
 
