@@ -3,6 +3,7 @@ through the broker, the idempotent consumer, dead letters."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import uuid
 from typing import Any
@@ -138,6 +139,35 @@ async def test_publish_each_puts_every_key_where_send_would_and_keeps_its_order(
     assert sorted(n for ns in seen.values() for n in ns) == list(range(len(records)))
     for numbers in seen.values():
         assert numbers == sorted(numbers)
+
+
+async def test_publish_each_acknowledges_everything_under_contention(
+    endpoints: Endpoints, topic_prefix: str
+) -> None:
+    """Sixteen requests at once, each with a batch for every partition: aiokafka's send_batch
+    gave up with KafkaTimeoutError within a second while partitions had batches queued, which
+    ingest would have answered 503 with the broker healthy."""
+    topic = TOUCHPOINTS.full_name(topic_prefix)
+    settings = ServiceSettings(
+        kafka_bootstrap=endpoints.bootstrap, kafka_enable_idempotence=endpoints.idempotence
+    )
+    records = [
+        OutgoingRecord(topic, f"key-{n}".encode(), b"x" * 400, {"h": "v"}) for n in range(500)
+    ]
+    producer = create_producer(settings)
+    await producer.start()
+    try:
+
+        async def requests() -> int:
+            missed = 0
+            for _ in range(8):
+                missed += (await publish_each(producer, records, timeout=30)).count(False)
+            return missed
+
+        missed = await asyncio.gather(*(requests() for _ in range(16)))
+    finally:
+        await producer.stop()
+    assert sum(missed) == 0
 
 
 def _profile_settings(endpoints: Endpoints, prefix: str, url: str) -> ProfileSettings:

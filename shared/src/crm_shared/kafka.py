@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-from aiokafka.errors import KafkaError, TopicAlreadyExistsError, for_code
+from aiokafka.errors import KafkaError, KafkaTimeoutError, TopicAlreadyExistsError, for_code
 from aiokafka.partitioner import murmur2
 from aiokafka.producer.message_accumulator import BatchBuilder
 from faststream.kafka import KafkaBroker
@@ -199,8 +199,18 @@ async def _submit(
     producer: AIOKafkaProducer, batch: BatchBuilder, topic: str, partition: int
 ) -> asyncio.Future[object]:
     batch.close()  # closed, so that no `send` elsewhere in the process adds to it
-    future: asyncio.Future[object] = await producer.send_batch(batch, topic, partition=partition)
-    return future
+    while True:
+        try:
+            future: asyncio.Future[object] = await producer.send_batch(
+                batch, topic, partition=partition
+            )
+        except KafkaTimeoutError:
+            # While the partition has a batch queued, `send_batch` waits for it to drain, and
+            # under contention aiokafka 0.14 gives up long before its timeout (it subtracts the
+            # time waited so far on every round). The batch was not queued: try again, within
+            # the caller's deadline.
+            continue
+        return future
 
 
 async def ping(producer: AIOKafkaProducer, timeout: float = 2.0) -> bool:
