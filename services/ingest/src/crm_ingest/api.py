@@ -153,7 +153,7 @@ HEADERS = {"content-type": CLOUDEVENTS_CONTENT_TYPE}
 async def accept(request: Request, key: WriteKey, check: Check) -> list[Outcome]:
     """Decide each event of the request, publish those that pass, and say what became of each;
     raises RateLimited, before anything is published, when the write key's events per second
-    are used up (every event of the request counts), and before anything is read when none
+    are used up (every event of the request counts), and before anything is checked when none
     is left."""
     settings = settings_of(request)
     gate: Gate = request.app.state.gate
@@ -164,7 +164,7 @@ async def accept(request: Request, key: WriteKey, check: Check) -> list[Outcome]
         key_name=key.name,
         channels=key.channels,
     )
-    # An empty bucket refuses the request before any of it is read: a sender over its limit
+    # An empty bucket refuses the request before any of it is checked: a sender over its limit
     # costs no validation. (Counted as one event: how many it held is not known yet.)
     early_s = gate.limiter.peek(key.name, 1)
     if early_s:
