@@ -69,7 +69,14 @@ def unavailable(exc: BaseException) -> bool:
     return False
 
 
+class Contended(Exception):
+    """Raised by an effect function that found what it read changed by a concurrent
+    transaction while it waited for a lock: worth an immediate new try, like a deadlock."""
+
+
 def transient(exc: BaseException) -> bool:
+    if isinstance(exc, Contended):
+        return True
     return isinstance(exc, asyncpg.PostgresError) and (exc.sqlstate or "").startswith(
         _TRANSIENT_SQLSTATE_CLASS
     )

@@ -7,6 +7,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, HTTPException, Query, Request
 from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ValidationError
 
 from crm_profile import store
@@ -112,14 +113,30 @@ async def lookup(
     "/profiles/{profile_id}",
     response_model=ProfileView,
     summary="A profile by id",
+    description="A profile that was merged into another answers 308 with the survivor's URL "
+    "in Location (and its id in the body), so an old id keeps working.",
     responses={
         200: {"content": {"application/json": {"example": EXAMPLE}}},
+        308: {
+            "description": "merged into another profile: follow Location",
+            "content": {
+                "application/json": {
+                    "example": {"merged_into": "5b0e5b4e-8f3a-4c1e-9d52-0f6f3b1a2c7d"}
+                }
+            },
+        },
         404: {"description": "no such profile"},
         401: {"description": "no or unknown bearer token"},
     },
 )
-async def by_id(request: Request, profile_id: str) -> ProfileView:
+async def by_id(request: Request, profile_id: str) -> Any:
     row = await store.find_profile(runtime_of(request).db, profile_id)
     if row is None:
         raise HTTPException(404, "no such profile")
+    if row.merged_into is not None:
+        return JSONResponse(
+            {"merged_into": row.merged_into},
+            status_code=308,
+            headers={"Location": str(request.url_for("by_id", profile_id=row.merged_into))},
+        )
     return _view(row)

@@ -9,9 +9,11 @@ from datetime import UTC, datetime
 from typing import Any
 
 from crm_profile import store
-from crm_profile.domain.resolution import resolve
-from crm_profile.domain.state import ConsentUpdate, apply_consents, apply_traits
+from crm_profile.domain.resolution import KnownProfile, resolve
+from crm_profile.domain.state import ConsentUpdate, apply_consents, apply_traits, merge_latest
+from crm_profile.settings import ProfileSettings
 from crm_profile.snapshots import snapshot_of
+from crm_shared.consumer import Contended
 from crm_shared.contracts import PROFILES, TOUCHPOINTS_RESOLVED, TouchpointEnvelope
 from crm_shared.contracts.derived import ProfileChange
 from crm_shared.database import DbConnection
@@ -36,38 +38,69 @@ def consent_updates(event: TouchpointEnvelope[Any]) -> list[ConsentUpdate]:
 def touchpoint_effects(runtime: Runtime) -> Any:
     prefix = runtime.settings.topic_prefix
     source = f"crm-{runtime.settings.service_name}"
+    settings = runtime.settings
+    assert isinstance(settings, ProfileSettings)
+    rules = settings.identity_rules()
 
     async def apply(conn: DbConnection, event: TouchpointEnvelope[Any]) -> Sequence[OutgoingRecord]:
         now = datetime.now(UTC)
         keys = event.data.identities.pairs()
+        # Locks in a fixed order: the event's identifiers (sorted advisory locks), then the
+        # profiles that own them (sorted row locks). A merge that moved an identifier while
+        # this transaction waited shows as a changed owner: then it starts again.
         await store.lock_identifiers(conn, keys)
-        resolution = resolve(keys, await store.owners(conn, keys), str(uuid.uuid4()))
-        if resolution.owned_elsewhere:
-            # Merging profiles comes with the profile capability; until then the link is kept
-            # visible here (kinds only: values are personal data).
-            log.info(
-                "identifiers belong to another profile; not merged",
-                event_id=event.id,
-                kinds=[kind for kind, _ in resolution.owned_elsewhere],
-            )
+        owners = await store.owners(conn, keys)
+        profiles = await store.lock_owners(conn, list(owners.values()))
+        if await store.owners(conn, keys) != owners:
+            raise Contended("an identifier moved while this transaction waited")
+        fresh = KnownProfile(str(uuid.uuid4()), now, frozenset())
+        resolution = resolve(keys, owners, profiles, rules, fresh)
+        target = resolution.profile_id
+
         changes: list[ProfileChange] = []
         if resolution.created:
-            await store.create_profile(conn, resolution.profile_id, now)
+            await store.create_profile(conn, target, now)
             changes.append("created")
-        await store.attach_identifiers(conn, resolution.profile_id, resolution.attach)
+        await store.attach_identifiers(conn, target, resolution.attach)
         if resolution.attach and not resolution.created:
             changes.append("identifiers")
+        current = await store.lock_profile(conn, target)
+        traits, consents = dict(current.traits), dict(current.consents)
+        merged_rows = []
+        for merged, (kind, _) in resolution.merged:
+            loser = await store.find_profile(conn, merged)
+            assert loser is not None
+            merge_latest(traits, loser.traits)
+            merge_latest(consents, loser.consents)
+            merged_rows.append(await store.merge_into(conn, target, merged, now))
+            await store.record_merge(conn, target, merged, kind, event.source, event.id)
+        if resolution.merged:
+            changes.append("merged")
+            log.info(
+                "profiles merged",
+                event_id=event.id,
+                survivor=target,
+                merged=[m for m, _ in resolution.merged],
+            )
+        if resolution.conflicts:
+            await store.record_conflicts(conn, target, resolution.conflicts, event.source, event.id)
+            # Kinds and rules only: identifier values are personal data.
+            log.info(
+                "identity links refused",
+                event_id=event.id,
+                rules=sorted({c.rule for c in resolution.conflicts}),
+            )
 
-        current = await store.lock_profile(conn, resolution.profile_id)
-        traits, traits_changed = apply_traits(current.traits, event.data.traits or {}, event.time)
+        traits, traits_changed = apply_traits(traits, event.data.traits or {}, event.time)
         consents, consents_changed = apply_consents(
-            current.consents, consent_updates(event), event.time, event.id
+            consents, consent_updates(event), event.time, event.id
         )
         if traits_changed:
             changes.append("traits")
         if consents_changed:
             changes.append("consent")
         changes.append("activity")
+        current = await store.lock_profile(conn, target)  # with the identifiers merged in
         saved = await store.save_profile(
             conn,
             current,
@@ -76,24 +109,27 @@ def touchpoint_effects(runtime: Runtime) -> Any:
             last_event_id=event.id,
             at=now,
         )
-        resolved = event.model_copy(update={"profileid": resolution.profile_id})
+        resolved = event.model_copy(update={"profileid": target})
         await store.record_touchpoint(
             conn,
             source=event.source,
             event_id=event.id,
-            profile_id=resolution.profile_id,
+            profile_id=target,
             type_=event.type,
             channel=event.data.channel,
             event_time=event.time,
             event=resolved.model_dump(mode="json", exclude_none=True),
         )
+        snapshots = PROFILES.full_name(prefix)
         return [
-            event_record(TOUCHPOINTS_RESOLVED.full_name(prefix), resolution.profile_id, resolved),
-            event_record(
-                PROFILES.full_name(prefix),
-                resolution.profile_id,
-                snapshot_of(saved, changes, source=source, at=now),
+            event_record(TOUCHPOINTS_RESOLVED.full_name(prefix), target, resolved),
+            *(
+                event_record(
+                    snapshots, row.profile_id, snapshot_of(row, ["merged"], source=source, at=now)
+                )
+                for row in merged_rows
             ),
+            event_record(snapshots, target, snapshot_of(saved, changes, source=source, at=now)),
         ]
 
     return apply

@@ -2,8 +2,10 @@
 
 from typing import ClassVar
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
+from crm_profile.domain.resolution import IdentityRules
+from crm_shared.contracts import IDENTIFIER_STRENGTH
 from crm_shared.settings import ApiSettings
 
 
@@ -14,3 +16,36 @@ class ProfileSettings(ApiSettings):
         default="postgresql://postgres@127.0.0.1:5433/crm_profile",
         description="PostgreSQL URL of this service's own database",
     )
+    identity_unique_kinds: list[str] = Field(
+        default=["customer_id"],
+        description="identifier kinds a profile holds at most one value of: profiles with two "
+        "different values never merge (JSON list)",
+    )
+    identity_max_per_kind: dict[str, int] = Field(
+        default={"email": 5, "phone": 5, "device_id": 10, "anonymous_id": 50},
+        description="most identifiers of a kind on one profile; a link past it is refused as a "
+        "conflict (JSON object; kinds not named are not limited)",
+    )
+
+    @field_validator("identity_unique_kinds")
+    @classmethod
+    def _known_kinds(cls, kinds: list[str]) -> list[str]:
+        unknown = sorted(set(kinds) - set(IDENTIFIER_STRENGTH))
+        if unknown:
+            raise ValueError(f"unknown identifier kinds {unknown}; known: {IDENTIFIER_STRENGTH}")
+        return kinds
+
+    @field_validator("identity_max_per_kind")
+    @classmethod
+    def _known_limits(cls, limits: dict[str, int]) -> dict[str, int]:
+        unknown = sorted(set(limits) - set(IDENTIFIER_STRENGTH))
+        if unknown:
+            raise ValueError(f"unknown identifier kinds {unknown}; known: {IDENTIFIER_STRENGTH}")
+        if any(limit < 1 for limit in limits.values()):
+            raise ValueError("every limit is at least 1")
+        return limits
+
+    def identity_rules(self) -> IdentityRules:
+        return IdentityRules(
+            frozenset(self.identity_unique_kinds), dict(self.identity_max_per_kind)
+        )

@@ -9,8 +9,9 @@ from typing import Any
 
 import asyncpg
 
-from crm_profile.domain.resolution import IdentifierKey
+from crm_profile.domain.resolution import Conflict, IdentifierKey, KnownProfile
 from crm_profile.domain.state import Consents, Traits
+from crm_shared.consumer import Contended
 from crm_shared.database import DbConnection
 
 
@@ -46,6 +47,85 @@ async def owners(conn: DbConnection, keys: Sequence[IdentifierKey]) -> dict[Iden
         [v for _, v in keys],
     )
     return {(r["kind"], r["value"]): r["profile_id"] for r in rows}
+
+
+async def lock_owners(conn: DbConnection, profile_ids: Sequence[str]) -> dict[str, KnownProfile]:
+    """Lock the live profiles that own the event's identifiers, in profile id order (the fixed
+    order every transaction takes, so two never deadlock), and describe them. NO KEY UPDATE:
+    attaching an identifier elsewhere only takes KEY SHARE, which does not wait for it."""
+    rows = await conn.fetch(
+        "SELECT profile_id, created_at, merged_into FROM profiles "
+        "WHERE profile_id = ANY($1::text[]) ORDER BY profile_id FOR NO KEY UPDATE",
+        sorted(set(profile_ids)),
+    )
+    if len(rows) != len(set(profile_ids)) or any(r["merged_into"] for r in rows):
+        raise Contended("an owner was merged away while this transaction waited for it")
+    held: dict[str, set[IdentifierKey]] = {r["profile_id"]: set() for r in rows}
+    for r in await conn.fetch(
+        "SELECT kind, value, profile_id FROM identifiers WHERE profile_id = ANY($1::text[])",
+        list(held),
+    ):
+        held[r["profile_id"]].add((r["kind"], r["value"]))
+    return {
+        r["profile_id"]: KnownProfile(
+            r["profile_id"], r["created_at"], frozenset(held[r["profile_id"]])
+        )
+        for r in rows
+    }
+
+
+async def merge_into(conn: DbConnection, survivor: str, merged: str, at: datetime) -> ProfileRow:
+    """Move everything of `merged` to `survivor` (identifiers, touchpoints, what was merged
+    into it before) and mark it merged; returns `merged` as it now stands (version bumped)."""
+    await conn.execute(
+        "UPDATE identifiers SET profile_id = $1 WHERE profile_id = $2", survivor, merged
+    )
+    await conn.execute(
+        "UPDATE touchpoints SET profile_id = $1 WHERE profile_id = $2", survivor, merged
+    )
+    # Shorten chains: whatever pointed at the merged profile now points at the survivor.
+    await conn.execute(
+        "UPDATE profiles SET merged_into = $1 WHERE merged_into = $2", survivor, merged
+    )
+    row = await conn.fetchrow(
+        "UPDATE profiles SET merged_into = $1, version = version + 1, updated_at = $3 "
+        "WHERE profile_id = $2 RETURNING *",
+        survivor,
+        merged,
+        at,
+    )
+    if row is None:
+        raise LookupError(f"profile {merged} does not exist")
+    return await _with_identifiers(conn, row)
+
+
+async def record_merge(
+    conn: DbConnection, survivor: str, merged: str, linked_by: str, source: str, event_id: str
+) -> None:
+    await conn.execute(
+        "INSERT INTO merges (survivor, merged, linked_by, event_source, event_id) "
+        "VALUES ($1, $2, $3, $4, $5)",
+        survivor,
+        merged,
+        linked_by,
+        source,
+        event_id,
+    )
+
+
+async def record_conflicts(
+    conn: DbConnection, profile_id: str, conflicts: Sequence[Conflict], source: str, event_id: str
+) -> None:
+    if conflicts:
+        await conn.executemany(
+            "INSERT INTO identity_conflicts "
+            "(profile_id, other_profile, kind, value, rule, event_source, event_id) "
+            "VALUES ($1, $2, $3, $4, $5, $6, $7)",
+            [
+                (profile_id, c.owner, c.identifier[0], c.identifier[1], c.rule, source, event_id)
+                for c in conflicts
+            ],
+        )
 
 
 async def create_profile(conn: DbConnection, profile_id: str, at: datetime) -> None:

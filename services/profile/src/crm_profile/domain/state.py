@@ -59,3 +59,17 @@ def apply_consents(
 
 def trait_values(traits: Traits) -> dict[str, Any]:
     return {name: entry["value"] for name, entry in sorted(traits.items())}
+
+
+def merge_latest(survivor: dict[str, dict[str, Any]], merged: dict[str, dict[str, Any]]) -> bool:
+    """Fold a merged profile's traits or consents into the survivor's, entry by entry, the one
+    with the later event time winning (the survivor's on a tie); whether anything changed."""
+    changed = False
+    for name, entry in merged.items():
+        current = survivor.get(name)
+        if current is None or datetime.fromisoformat(current["time"]) < datetime.fromisoformat(
+            entry["time"]
+        ):
+            survivor[name] = entry
+            changed = True
+    return changed
