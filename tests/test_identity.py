@@ -6,9 +6,12 @@ from __future__ import annotations
 
 import asyncio
 import json
+import random
 import uuid
+from pathlib import Path
 from typing import Any
 
+import asyncpg
 import httpx
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -18,6 +21,7 @@ from crm_profile.app import migrations as profile_migrations
 from crm_profile.domain.resolution import IdentifierKey
 from crm_profile.handlers import touchpoint_effects
 from crm_profile.settings import ProfileSettings
+from crm_shared.consumer import Contended
 from crm_shared.contracts import PROFILES, TOUCHPOINT_ADAPTER, TOUCHPOINTS
 from crm_shared.contracts.examples import example_event
 from crm_shared.database import DbConnection, create_pool, migrate
@@ -27,6 +31,8 @@ from tests.conftest import Databases
 from tests.identity_model import KINDS, RULES, Graph
 from tests.support import (
     Endpoints,
+    ServiceProcess,
+    free_port,
     produce,
     read_topic,
     running,
@@ -224,3 +230,187 @@ def test_the_graph_in_postgresql_matches_the_model_over_random_sequences(
         loop.run_until_complete(pool.release(conn))
         loop.run_until_complete(pool.close())
         loop.close()
+
+
+# --- two real consumer processes racing on linking events ------------------------------------
+async def test_two_profile_processes_racing_on_linking_events_keep_the_graph_consistent(
+    endpoints: Endpoints, topic_prefix: str, databases: Databases, tmp_path: Path
+) -> None:
+    """Two profile processes in one consumer group share the partitions. Each person's
+    touchpoints carry different strongest identifiers, so they land on different partitions
+    and are resolved at the same time by both processes, linking and merging the same
+    profiles. In the end every person is one live profile holding all their identifiers and
+    all their touchpoints, nothing is dead-lettered, and both processes did part of the work.
+    Timing decides which transactions overlap here; the exact race the locks exist for is
+    forced in the test after this one."""
+    url = await databases.create("race")
+    topic = TOUCHPOINTS.full_name(topic_prefix)
+    env = service_env(endpoints, topic_prefix, url)
+    processes = [
+        ServiceProcess("crm_profile", env, free_port(), tmp_path / f"profile-{n}.log")
+        for n in range(2)
+    ]
+    # Few people, many touchpoints each: the two processes are mostly busy with the same
+    # people at the same moment, creating and merging the same profiles.
+    people = 4
+    run = uuid.uuid4().hex[:6]
+
+    def identities(n: int) -> list[tuple[str, str]]:
+        return [
+            ("customer_id", f"c-{run}-{n}"),
+            ("email", f"p{n}.{run}@x.org"),
+            ("phone", f"+3706{n:07d}"),
+            *((("anonymous_id", f"a-{run}-{n}-{j}")) for j in range(6)),
+            *((("device_id", f"d-{run}-{n}-{j}")) for j in range(3)),
+        ]
+
+    events = []
+    for n in range(people):
+        ids = identities(n)
+        email, phone, customer = ids[1], ids[2], ids[0]
+        others = ids[3:]
+        links = [[key] for key in others] + [[phone]]
+        links += [[email, key] for key in others[::2]] + [[phone, key] for key in others[1::2]]
+        links += [[customer, phone], [customer, email]]
+        for keys in links * 2:  # everything twice, with new event ids: more racing
+            event = touchpoint("crm.touchpoint.web.page_viewed", **dict(keys))
+            events.append((f"{keys[0][0]}:{keys[0][1]}".encode(), event))
+    random.Random(7).shuffle(events)
+
+    for process in processes:
+        process.start()
+    try:
+        await asyncio.gather(*(p.wait_ready() for p in processes))
+
+        async def both_working() -> bool:
+            """Warm-up traffic until the group has given each process a share."""
+            warm = touchpoint("crm.touchpoint.web.page_viewed", anonymous_id=str(uuid.uuid4()))
+            await produce(
+                endpoints.bootstrap,
+                topic,
+                [(str(uuid.uuid4()).encode(), json.dumps(warm).encode())],
+            )
+            counts = [
+                await p.metric(
+                    "crm_consumer_records_total",
+                    consumer="profile.touchpoints",
+                    outcome="processed",
+                )
+                for p in processes
+            ]
+            return all(c > 0 for c in counts)
+
+        await wait_until(both_working, timeout=90, interval=0.5, what="both processes to consume")
+        await produce(
+            endpoints.bootstrap, topic, [(key, json.dumps(e).encode()) for key, e in events]
+        )
+        conn = await asyncpg.connect(url)
+        try:
+
+            async def all_stored() -> bool:
+                stored: int = await conn.fetchval(
+                    "SELECT count(*) FROM touchpoints WHERE event_id = ANY($1::text[])",
+                    [e["id"] for _, e in events],
+                )
+                return stored == len(events)
+
+            await wait_until(all_stored, timeout=120, what="every touchpoint to be stored")
+            partition = await partition_in(conn)
+            touchpoints_by_profile = await conn.fetch(
+                "SELECT t.profile_id, p.merged_into FROM touchpoints t "
+                "JOIN profiles p USING (profile_id) WHERE t.event_id = ANY($1::text[])",
+                [e["id"] for _, e in events],
+            )
+            conflicts = await conn.fetchval("SELECT count(*) FROM identity_conflicts")
+        finally:
+            await conn.close()
+        shares = [
+            await p.metric(
+                "crm_consumer_records_total", consumer="profile.touchpoints", outcome="processed"
+            )
+            for p in processes
+        ]
+        dead = [
+            await p.metric(
+                "crm_consumer_records_total",
+                consumer="profile.touchpoints",
+                outcome="dead_lettered",
+            )
+            for p in processes
+        ]
+    finally:
+        for process in processes:
+            process.stop()
+
+    expected = {frozenset(identities(n)) for n in range(people)}
+    assert expected <= partition, "every person is exactly one profile with all identifiers"
+    assert all(r["merged_into"] is None for r in touchpoints_by_profile)
+    assert len({r["profile_id"] for r in touchpoints_by_profile}) == people
+    assert conflicts == 0
+    assert dead == [0, 0]
+    assert all(share > 0 for share in shares), shares
+
+
+async def test_a_resolution_waiting_on_a_merge_starts_again_on_the_survivor(
+    endpoints: Endpoints, databases: Databases
+) -> None:
+    """The race, made to happen: T1 merges P2 into P1 and has not committed; T2 resolves an
+    event whose identifier is still P2's as far as it can see. T2 must wait for P2, find it
+    merged, start again (Contended, as the consumer retries it) and land on P1; it must never
+    attach its new identifier to the merged-away P2."""
+    url = await databases.create("interleaved")
+    await migrate(url, profile_migrations())
+    pool = await create_pool(url, 2)
+    settings_ = profile_settings(endpoints, "unused.", url)
+    apply = touchpoint_effects(Runtime(settings=settings_, producer=create_producer(settings_)))
+
+    def event(**identities: str) -> Any:
+        document = touchpoint("crm.touchpoint.web.page_viewed", **identities)
+        return TOUCHPOINT_ADAPTER.validate_json(json.dumps(document))
+
+    async def resolve_with_retries(conn: DbConnection, incoming: Any) -> int:
+        for attempt in range(1, 10):
+            try:
+                async with conn.transaction():
+                    await apply(conn, incoming)
+                return attempt
+            except Contended:
+                continue
+        raise AssertionError("never resolved")
+
+    try:
+        async with pool.acquire() as conn1, pool.acquire() as conn2:
+            await resolve_with_retries(conn1, event(email="e@x.org", anonymous_id="a"))
+            await resolve_with_retries(conn1, event(phone="+37060000009", device_id="x"))
+            transaction = conn1.transaction()
+            await transaction.start()
+            await apply(conn1, event(email="e@x.org", phone="+37060000009"))  # the merge
+            second = asyncio.create_task(
+                resolve_with_retries(conn2, event(device_id="x", anonymous_id="z"))
+            )
+            backend = conn2.get_server_pid()
+
+            async def waiting_for_a_lock() -> bool:
+                kind = await conn1.fetchval(
+                    "SELECT wait_event_type FROM pg_stat_activity WHERE pid = $1", backend
+                )
+                return bool(kind == "Lock")
+
+            await wait_until(waiting_for_a_lock, what="T2 to wait for the merged profile")
+            await transaction.commit()
+            attempts = await asyncio.wait_for(second, timeout=30)
+            partition = await partition_in(conn1)
+    finally:
+        await pool.close()
+    assert attempts == 2, "T2 found its owner merged away and started again once"
+    assert partition == {
+        frozenset(
+            {
+                ("email", "e@x.org"),
+                ("anonymous_id", "a"),
+                ("phone", "+37060000009"),
+                ("device_id", "x"),
+                ("anonymous_id", "z"),
+            }
+        )
+    }
