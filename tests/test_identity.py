@@ -67,6 +67,9 @@ async def test_an_event_linking_two_profiles_merges_them_audited_redirected_and_
     purchase = touchpoint("crm.touchpoint.store.purchase", customer_id="c1", email="ana@x.org")
     stranger = touchpoint("crm.touchpoint.store.purchase", customer_id="c2", email="ana@x.org")
     events = [web, call, signup, purchase, purchase, stranger]  # the purchase twice: a retry
+    # Event times out of the order they are sent in: the timeline follows event time.
+    for event, minute in ((web, 30), (call, 10), (signup, 20), (purchase, 40), (stranger, 50)):
+        event["time"] = f"2026-11-20T10:{minute}:00Z"
     service = build_profile(profile_settings(endpoints, topic_prefix, url))
     async with running(service):
         pool = service.app.state.runtime.db
@@ -100,6 +103,28 @@ async def test_an_event_linking_two_profiles_merges_them_audited_redirected_and_
             by_phone = await http.get(
                 "/v1/profiles", params={"phone": "+37060000001"}, headers=ADMIN
             )
+            pages, cursor = [], None
+            while True:
+                page = await http.get(
+                    f"/v1/profiles/{survivor}/timeline",
+                    params={"limit": 3, **({"cursor": cursor} if cursor else {})},
+                    headers=ADMIN,
+                )
+                assert page.status_code == 200, page.text
+                pages.append(page.json()["items"])
+                cursor = page.json()["next_cursor"]
+                if cursor is None:
+                    break
+            web_only = await http.get(
+                f"/v1/profiles/{survivor}/timeline", params={"channel": "web"}, headers=ADMIN
+            )
+            old_timeline = await http.get(
+                f"/v1/profiles/{merged}/timeline", params={"limit": 3}, headers=ADMIN
+            )
+            bad_cursor = await http.get(
+                f"/v1/profiles/{survivor}/timeline", params={"cursor": "nope"}, headers=ADMIN
+            )
+            history = await http.get(f"/v1/profiles/{survivor}/identity", headers=ADMIN)
 
     # The web visitor (oldest) survives; the caller's profile was merged into it, and every
     # touchpoint of the person now sits on one profile: one timeline.
@@ -122,6 +147,23 @@ async def test_an_event_linking_two_profiles_merges_them_audited_redirected_and_
     assert redirect.status_code == 308
     assert redirect.headers["location"].endswith(f"/v1/profiles/{survivor}")
     assert by_phone.json()["profile_id"] == survivor
+    # One combined timeline, in event-time order, across pages with no gap or repeat.
+    assert [len(p) for p in pages] == [3, 1]
+    assert [i["event_id"] for p in pages for i in p] == [
+        call["id"],
+        signup["id"],
+        web["id"],
+        purchase["id"],
+    ]
+    assert [i["event_id"] for i in web_only.json()["items"]] == [signup["id"], web["id"]]
+    assert old_timeline.status_code == 308
+    assert old_timeline.headers["location"].endswith(f"/v1/profiles/{survivor}/timeline?limit=3")
+    assert bad_cursor.status_code == 422
+    assert "cursor" in bad_cursor.text
+    assert [(m["merged"], m["linked_by"]) for m in history.json()["merges"]] == [
+        (merged, "customer_id")
+    ]
+    assert [c["rule"] for c in history.json()["conflicts"]] == ["unique:customer_id"]
 
     snapshots = values_of(
         await read_topic(endpoints.bootstrap, PROFILES.full_name(topic_prefix), at_least=6)

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import base64
+import binascii
+import json
 from datetime import datetime
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, HTTPException, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel, Field, ValidationError
 
 from crm_profile import store
 from crm_profile.settings import ProfileSettings
@@ -130,13 +133,197 @@ async def lookup(
     },
 )
 async def by_id(request: Request, profile_id: str) -> Any:
+    found = await _live(request, profile_id, "")
+    return found if isinstance(found, JSONResponse) else _view(found)
+
+
+class TimelineItem(BaseModel):
+    event_time: datetime
+    source: str
+    event_id: str
+    type: str
+    channel: str
+    event: dict[str, Any]
+
+
+class TimelinePage(BaseModel):
+    items: list[TimelineItem]
+    next_cursor: str | None = Field(
+        description="pass as `cursor` for the next page; null on the last one"
+    )
+
+
+def _cursor_of(entry: store.TimelineEntry) -> str:
+    raw = json.dumps([entry.event_time.isoformat(), entry.source, entry.event_id])
+    return base64.urlsafe_b64encode(raw.encode()).decode().rstrip("=")
+
+
+def _after(cursor: str | None) -> tuple[datetime, str, str] | None:
+    if cursor is None:
+        return None
+    try:
+        padded = cursor + "=" * (-len(cursor) % 4)
+        time, source, event_id = json.loads(base64.urlsafe_b64decode(padded))
+        moment = datetime.fromisoformat(time)
+        if moment.tzinfo is None or not isinstance(source, str) or not isinstance(event_id, str):
+            raise ValueError
+    except (ValueError, TypeError, binascii.Error):
+        raise RequestValidationError(
+            [
+                {
+                    "type": "value_error",
+                    "loc": ("query", "cursor"),
+                    "msg": "is not a cursor this API gave out",
+                }
+            ]
+        ) from None
+    return moment, source, event_id
+
+
+async def _live(request: Request, profile_id: str, suffix: str) -> store.ProfileRow | JSONResponse:
+    """The live profile; 404 for an unknown one; a 308 to the survivor, at the same `suffix`
+    and with the same query, for a merged-away one."""
     row = await store.find_profile(runtime_of(request).db, profile_id)
     if row is None:
         raise HTTPException(404, "no such profile")
-    if row.merged_into is not None:
-        return JSONResponse(
-            {"merged_into": row.merged_into},
-            status_code=308,
-            headers={"Location": str(request.url_for("by_id", profile_id=row.merged_into))},
-        )
-    return _view(row)
+    if row.merged_into is None:
+        return row
+    location = str(request.url_for("by_id", profile_id=row.merged_into)) + suffix
+    if request.url.query:
+        location += f"?{request.url.query}"
+    return JSONResponse(
+        {"merged_into": row.merged_into}, status_code=308, headers={"Location": location}
+    )
+
+
+TIMELINE_EXAMPLE = {
+    "items": [
+        {
+            "event_time": "2026-11-20T10:15:00Z",
+            "source": "shop-frontend",
+            "event_id": "9f1c2d3e-web-0001",
+            "type": "crm.touchpoint.web.page_viewed",
+            "channel": "web",
+            "event": {"specversion": "1.0", "id": "9f1c2d3e-web-0001", "data": {"url": "..."}},
+        }
+    ],
+    "next_cursor": "WyIyMDI2LTExLTIwVDEwOjE1OjAwKzAwOjAwIiwic2hvcC1mcm9udGVuZCIsIjEiXQ",
+}
+
+
+@router.get(
+    "/profiles/{profile_id}/timeline",
+    response_model=TimelinePage,
+    summary="A profile's touchpoints in event-time order, a page at a time",
+    description="Every touchpoint of the person, those of profiles merged into this one "
+    "included, oldest first; follow `next_cursor` for the next page. A merged-away profile "
+    "answers 308 to the survivor's timeline.",
+    responses={
+        200: {"content": {"application/json": {"example": TIMELINE_EXAMPLE}}},
+        308: {"description": "merged into another profile: follow Location"},
+        404: {"description": "no such profile"},
+        401: {"description": "no or unknown bearer token"},
+        422: {"description": "a parameter is not valid (e.g. a cursor this API did not give)"},
+    },
+)
+async def profile_timeline(
+    request: Request,
+    profile_id: str,
+    cursor: Annotated[str | None, Query(description="from a previous page")] = None,
+    limit: Annotated[int, Query(ge=1, le=500)] = 50,
+    channel: Annotated[str | None, Query(examples=["web"])] = None,
+    type: Annotated[str | None, Query(examples=["crm.touchpoint.web.page_viewed"])] = None,
+) -> Any:
+    after = _after(cursor)
+    found = await _live(request, profile_id, "/timeline")
+    if isinstance(found, JSONResponse):
+        return found
+    entries = await store.timeline(
+        runtime_of(request).db,
+        profile_id,
+        after=after,
+        limit=limit + 1,
+        channel=channel,
+        type_=type,
+    )
+    page = entries[:limit]
+    return TimelinePage(
+        items=[TimelineItem(**vars(e)) for e in page],
+        next_cursor=_cursor_of(page[-1]) if len(entries) > limit else None,
+    )
+
+
+class MergeRecord(BaseModel):
+    survivor: str
+    merged: str
+    linked_by: str
+    event_source: str
+    event_id: str
+    merged_at: datetime
+
+
+class ConflictRecord(BaseModel):
+    profile_id: str
+    other_profile: str | None
+    kind: str
+    value: str
+    rule: str
+    event_source: str
+    event_id: str
+    detected_at: datetime
+
+
+class IdentityHistory(BaseModel):
+    merges: list[MergeRecord]
+    conflicts: list[ConflictRecord]
+
+
+@router.get(
+    "/profiles/{profile_id}/identity",
+    response_model=IdentityHistory,
+    summary="How the profile was built: its merges and the links that were refused",
+    responses={
+        200: {
+            "content": {
+                "application/json": {
+                    "example": {
+                        "merges": [
+                            {
+                                "survivor": "5b0e5b4e-8f3a-4c1e-9d52-0f6f3b1a2c7d",
+                                "merged": "0c7e1f7a-1d1b-4f53-9d0a-6f1e3c2b5a90",
+                                "linked_by": "customer_id",
+                                "event_source": "pos",
+                                "event_id": "store-7781",
+                                "merged_at": "2026-11-20T10:20:00Z",
+                            }
+                        ],
+                        "conflicts": [
+                            {
+                                "profile_id": "7d3c9a10-5e2f-4b8a-a1c4-2e9f0b6d8c11",
+                                "other_profile": "5b0e5b4e-8f3a-4c1e-9d52-0f6f3b1a2c7d",
+                                "kind": "email",
+                                "value": "ana.petrova@example.org",
+                                "rule": "unique:customer_id",
+                                "event_source": "pos",
+                                "event_id": "store-7790",
+                                "detected_at": "2026-11-20T11:02:00Z",
+                            }
+                        ],
+                    }
+                }
+            }
+        },
+        308: {"description": "merged into another profile: follow Location"},
+        404: {"description": "no such profile"},
+        401: {"description": "no or unknown bearer token"},
+    },
+)
+async def identity_history(request: Request, profile_id: str) -> Any:
+    found = await _live(request, profile_id, "/identity")
+    if isinstance(found, JSONResponse):
+        return found
+    db = runtime_of(request).db
+    return IdentityHistory(
+        merges=[MergeRecord(**dict(r)) for r in await store.merge_history(db, profile_id)],
+        conflicts=[ConflictRecord(**dict(r)) for r in await store.conflicts_of(db, profile_id)],
+    )

@@ -246,3 +246,73 @@ async def _with_identifiers(conn: DbConnection | asyncpg.Pool, row: asyncpg.Reco
         updated_at=row["updated_at"],
         identifiers=[(k["kind"], k["value"]) for k in keys],
     )
+
+
+@dataclass(frozen=True)
+class TimelineEntry:
+    event_time: datetime
+    source: str
+    event_id: str
+    type: str
+    channel: str
+    event: dict[str, Any]
+
+
+async def timeline(
+    conn: DbConnection | asyncpg.Pool,
+    profile_id: str,
+    *,
+    after: tuple[datetime, str, str] | None,
+    limit: int,
+    channel: str | None,
+    type_: str | None,
+) -> list[TimelineEntry]:
+    """A profile's touchpoints in event-time order (then source and id, so the order is total),
+    from just after `after` (a keyset cursor: pages never skip or repeat under new arrivals)."""
+    rows = await conn.fetch(
+        "SELECT event_time, source, event_id, type, channel, event FROM touchpoints "
+        "WHERE profile_id = $1 "
+        "AND ($2::timestamptz IS NULL OR (event_time, source, event_id) > ($2, $3, $4)) "
+        "AND ($5::text IS NULL OR channel = $5) AND ($6::text IS NULL OR type = $6) "
+        "ORDER BY event_time, source, event_id LIMIT $7",
+        profile_id,
+        after[0] if after else None,
+        after[1] if after else None,
+        after[2] if after else None,
+        channel,
+        type_,
+        limit,
+    )
+    return [
+        TimelineEntry(
+            r["event_time"], r["source"], r["event_id"], r["type"], r["channel"], r["event"]
+        )
+        for r in rows
+    ]
+
+
+# A live profile and every profile merged into it (chains are kept one step long).
+_FAMILY = "SELECT $1::text UNION SELECT profile_id FROM profiles WHERE merged_into = $1"
+
+
+async def merge_history(conn: DbConnection | asyncpg.Pool, profile_id: str) -> list[asyncpg.Record]:
+    """Every merge that built the profile, including those of profiles merged into it."""
+    return list(
+        await conn.fetch(
+            "SELECT survivor, merged, linked_by, event_source, event_id, merged_at FROM merges "
+            f"WHERE survivor IN ({_FAMILY}) OR merged IN ({_FAMILY}) ORDER BY merge_id",
+            profile_id,
+        )
+    )
+
+
+async def conflicts_of(conn: DbConnection | asyncpg.Pool, profile_id: str) -> list[asyncpg.Record]:
+    """Refused links that involved the profile or one merged into it, on either side."""
+    return list(
+        await conn.fetch(
+            "SELECT profile_id, other_profile, kind, value, rule, event_source, event_id, "
+            f"detected_at FROM identity_conflicts WHERE profile_id IN ({_FAMILY}) "
+            f"OR other_profile IN ({_FAMILY}) ORDER BY conflict_id",
+            profile_id,
+        )
+    )
