@@ -164,6 +164,12 @@ async def test_an_event_linking_two_profiles_merges_them_audited_redirected_and_
         (merged, "customer_id")
     ]
     assert [c["rule"] for c in history.json()["conflicts"]] == ["unique:customer_id"]
+    # The person's activity adds up both merged profiles' touchpoints (the retry counted once).
+    activity = by_phone.json()["activity"]
+    assert activity["channels"] == {"web": 2, "phone": 1, "store": 1}
+    assert activity["orders"] == 1
+    assert activity["first_seen"] == "2026-11-20T10:10:00Z"
+    assert activity["last_inbound_at"] == "2026-11-20T10:10:00Z"
 
     snapshots = values_of(
         await read_topic(endpoints.bootstrap, PROFILES.full_name(topic_prefix), at_least=6)

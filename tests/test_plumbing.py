@@ -35,7 +35,12 @@ async def test_migrations_apply_on_an_empty_database_and_reapply_as_a_no_op(
 ) -> None:
     url = await databases.create("migrate")
     first = await migrate(url, profile_migrations())
-    assert first == ["plumbing/0001_plumbing", "profile/0001_init", "profile/0002_identity_graph"]
+    assert first == [
+        "plumbing/0001_plumbing",
+        "profile/0001_init",
+        "profile/0002_identity_graph",
+        "profile/0003_activity",
+    ]
     conn = await asyncpg.connect(url)
     try:
         tables = {

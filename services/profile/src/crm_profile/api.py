@@ -17,7 +17,13 @@ from crm_profile import store
 from crm_profile.settings import ProfileSettings
 from crm_profile.snapshots import snapshot_data
 from crm_shared.auth import check_bearer
-from crm_shared.contracts import ConsentState, Identifier, Identities
+from crm_shared.contracts import (
+    ActivitySummary,
+    ConsentState,
+    ContactPoint,
+    Identifier,
+    Identities,
+)
 from crm_shared.service import runtime_of
 
 
@@ -26,7 +32,11 @@ class ProfileView(BaseModel):
     version: int
     identifiers: list[Identifier]
     traits: dict[str, Any]
-    consents: list[ConsentState]
+    consents: list[ConsentState] = Field(
+        description="explicit consents only: a purpose and channel not listed is not consented"
+    )
+    activity: ActivitySummary | None
+    contact_points: list[ContactPoint]
     merged_into: str | None
     created_at: datetime
     updated_at: datetime
@@ -49,6 +59,17 @@ EXAMPLE = {
     ],
     "traits": {"first_name": "Ana"},
     "consents": [],
+    "activity": {
+        "first_seen": "2026-11-20T10:15:00Z",
+        "last_seen": "2026-11-20T10:20:00Z",
+        "channels": {"web": 2},
+        "orders": 0,
+        "revenue": {},
+        "last_order_at": None,
+        "last_inbound_at": None,
+        "last_outbound_at": None,
+    },
+    "contact_points": [],
     "merged_into": None,
     "created_at": "2026-11-20T10:15:01Z",
     "updated_at": "2026-11-20T10:20:00Z",

@@ -9,6 +9,12 @@ from datetime import UTC, datetime
 from typing import Any
 
 from crm_profile import store
+from crm_profile.domain.activity import (
+    apply_activity,
+    apply_contact_health,
+    merge_activity,
+    merge_contacts,
+)
 from crm_profile.domain.resolution import KnownProfile, resolve
 from crm_profile.domain.state import ConsentUpdate, apply_consents, apply_traits, merge_latest
 from crm_profile.settings import ProfileSettings
@@ -27,6 +33,8 @@ log = get_logger(__name__)
 
 def consent_updates(event: TouchpointEnvelope[Any]) -> list[ConsentUpdate]:
     updates = [ConsentUpdate(c.purpose, c.contact_channel, c.granted) for c in event.data.consent]
+    if event.type == "crm.touchpoint.email.unsubscribed":
+        updates.append(ConsentUpdate(event.data.purpose, "email", False))
     if event.action in ("consent_granted", "consent_withdrawn"):
         data: Any = event.data
         updates.append(
@@ -66,12 +74,15 @@ def touchpoint_effects(runtime: Runtime) -> Any:
             changes.append("identifiers")
         current = await store.lock_profile(conn, target)
         traits, consents = dict(current.traits), dict(current.consents)
+        activity, contacts = current.activity, current.contacts
         merged_rows = []
         for merged, (kind, _) in resolution.merged:
             loser = await store.find_profile(conn, merged)
             assert loser is not None
             merge_latest(traits, loser.traits)
             merge_latest(consents, loser.consents)
+            activity = merge_activity(activity, loser.activity)
+            contacts = merge_contacts(contacts, loser.contacts)
             merged_rows.append(await store.merge_into(conn, target, merged, now))
             await store.record_merge(conn, target, merged, kind, event.source, event.id)
         if resolution.merged:
@@ -95,10 +106,13 @@ def touchpoint_effects(runtime: Runtime) -> Any:
         consents, consents_changed = apply_consents(
             consents, consent_updates(event), event.time, event.id
         )
+        contacts, contacts_changed = apply_contact_health(contacts, event)
         if traits_changed:
             changes.append("traits")
         if consents_changed:
             changes.append("consent")
+        if contacts_changed:
+            changes.append("contact")
         changes.append("activity")
         current = await store.lock_profile(conn, target)  # with the identifiers merged in
         saved = await store.save_profile(
@@ -106,6 +120,8 @@ def touchpoint_effects(runtime: Runtime) -> Any:
             current,
             traits=traits,
             consents=consents,
+            activity=apply_activity(activity, event),
+            contacts=contacts,
             last_event_id=event.id,
             at=now,
         )

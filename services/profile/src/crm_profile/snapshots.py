@@ -7,7 +7,14 @@ from typing import Any
 
 from crm_profile.domain.state import trait_values
 from crm_profile.store import ProfileRow
-from crm_shared.contracts import ConsentState, Identifier, ProfileSnapshotData, profile_snapshot
+from crm_shared.contracts import (
+    ActivitySummary,
+    ConsentState,
+    ContactPoint,
+    Identifier,
+    ProfileSnapshotData,
+    profile_snapshot,
+)
 from crm_shared.contracts.derived import ProfileChange, ProfileSnapshot
 
 
@@ -30,6 +37,13 @@ def snapshot_data(row: ProfileRow, change: list[ProfileChange]) -> ProfileSnapsh
     identifiers: list[Any] = [
         Identifier.model_validate({"kind": k, "value": v}) for k, v in row.identifiers
     ]
+    activity = ActivitySummary.model_validate(row.activity, strict=False) if row.activity else None
+    contact_points = [
+        ContactPoint.model_validate(
+            {k: entry.get(k) for k in ContactPoint.model_fields}, strict=False
+        )
+        for _, entry in sorted(row.contacts.items())
+    ]
     return ProfileSnapshotData(
         profile_id=row.profile_id,
         version=row.version,
@@ -37,6 +51,8 @@ def snapshot_data(row: ProfileRow, change: list[ProfileChange]) -> ProfileSnapsh
         identifiers=identifiers,
         traits=trait_values(row.traits),
         consents=consents,
+        activity=activity,
+        contact_points=contact_points,
         merged_into=row.merged_into,
         created_at=row.created_at,
         updated_at=row.updated_at,

@@ -9,6 +9,7 @@ from typing import Any
 
 import asyncpg
 
+from crm_profile.domain.activity import Activity, Contacts
 from crm_profile.domain.resolution import Conflict, IdentifierKey, KnownProfile
 from crm_profile.domain.state import Consents, Traits
 from crm_shared.consumer import Contended
@@ -21,6 +22,8 @@ class ProfileRow:
     version: int
     traits: Traits
     consents: Consents
+    activity: Activity
+    contacts: Contacts
     merged_into: str | None
     last_event_id: str | None
     created_at: datetime
@@ -166,16 +169,21 @@ async def save_profile(
     *,
     traits: Traits,
     consents: Consents,
+    activity: Activity,
+    contacts: Contacts,
     last_event_id: str,
     at: datetime,
 ) -> ProfileRow:
     """Store the new state and bump the version; returns the profile as saved."""
     version: int = await conn.fetchval(
         "UPDATE profiles SET version = version + 1, traits = $2, consents = $3, "
-        "last_event_id = $4, updated_at = $5 WHERE profile_id = $1 RETURNING version",
+        "activity = $4, contacts = $5, last_event_id = $6, updated_at = $7 "
+        "WHERE profile_id = $1 RETURNING version",
         current.profile_id,
         traits,
         consents,
+        activity,
+        contacts,
         last_event_id,
         at,
     )
@@ -184,6 +192,8 @@ async def save_profile(
         version=version,
         traits=traits,
         consents=consents,
+        activity=activity,
+        contacts=contacts,
         last_event_id=last_event_id,
         updated_at=at,
     )
@@ -240,6 +250,8 @@ async def _with_identifiers(conn: DbConnection | asyncpg.Pool, row: asyncpg.Reco
         version=row["version"],
         traits=row["traits"],
         consents=row["consents"],
+        activity=row["activity"],
+        contacts=row["contacts"],
         merged_into=row["merged_into"],
         last_event_id=row["last_event_id"],
         created_at=row["created_at"],

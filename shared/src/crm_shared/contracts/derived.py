@@ -7,14 +7,17 @@ that consumers drop, never a second effect.
 from __future__ import annotations
 
 from datetime import datetime
+from decimal import Decimal
 from typing import Annotated, Any, Literal
 
 from pydantic import AwareDatetime, Field, TypeAdapter
 
 from crm_shared.contracts.envelope import CloudEvent, Contract, NonEmptyStr, derived_event_id
 from crm_shared.contracts.touchpoints import (
+    Channel,
     ConsentPurpose,
     ContactChannel,
+    CurrencyCode,
     IdentifierKind,
     Properties,
 )
@@ -35,7 +38,40 @@ class ConsentState(Contract):
     source_event_id: NonEmptyStr
 
 
-ProfileChange = Literal["created", "identifiers", "traits", "consent", "activity", "merged"]
+ProfileChange = Literal[
+    "created", "identifiers", "traits", "consent", "activity", "contact", "merged"
+]
+
+
+class ActivitySummary(Contract):
+    """What the profile's touchpoints add up to, by event time."""
+
+    first_seen: AwareDatetime
+    last_seen: AwareDatetime
+    channels: dict[Channel, int] = Field(description="touchpoints per channel")
+    orders: Annotated[int, Field(ge=0)] = 0
+    revenue: dict[CurrencyCode, Decimal] = Field(
+        default_factory=dict, description="order revenue per currency (refunds not deducted)"
+    )
+    last_order_at: AwareDatetime | None = None
+    last_inbound_at: AwareDatetime | None = Field(
+        default=None, description="the person's last call, SMS, reply, form or survey"
+    )
+    last_outbound_at: AwareDatetime | None = Field(
+        default=None, description="the company's last email or outbound call"
+    )
+
+
+class ContactPoint(Contract):
+    """An address and whether it may be used: a hard bounce makes it undeliverable, a complaint
+    or an unsubscribe ends marketing to it (each with the event time and the reason)."""
+
+    channel: Literal["email"]
+    address: NonEmptyStr
+    deliverable: bool
+    deliverable_reason: NonEmptyStr | None = None
+    marketing: bool
+    marketing_reason: NonEmptyStr | None = None
 
 
 class ProfileSnapshotData(Contract):
@@ -46,7 +82,12 @@ class ProfileSnapshotData(Contract):
     change: list[ProfileChange] = Field(min_length=1, description="what this version changed")
     identifiers: list[Identifier]
     traits: Properties = Field(default_factory=dict)
-    consents: list[ConsentState] = Field(default_factory=list)
+    consents: list[ConsentState] = Field(
+        default_factory=list,
+        description="explicit consents only: a purpose and channel not listed is not consented",
+    )
+    activity: ActivitySummary | None = None
+    contact_points: list[ContactPoint] = Field(default_factory=list)
     merged_into: ProfileId | None = None
     created_at: AwareDatetime
     updated_at: AwareDatetime

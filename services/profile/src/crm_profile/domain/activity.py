@@ -1,0 +1,169 @@
+"""What a profile's touchpoints add up to: when the person was first and last seen, how often on
+each channel, their orders and revenue, their last contact each way; and the health of each
+email address (a bounce makes it undeliverable, a complaint or an unsubscribe ends marketing to
+it). Pure, stored as jsonb; every fact by event time, so a late event never undoes a newer one.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from decimal import Decimal
+from typing import Any
+
+# Stored shapes (jsonb):
+# activity {"first_seen": iso, "last_seen": iso, "channels": {channel: n}, "orders": n,
+#           "revenue": {currency: "decimal"}, "last_order_at": iso, "last_inbound_at": iso,
+#           "last_outbound_at": iso}
+# contacts {"email:<address>": {"channel": "email", "address": a, "deliverable": b,
+#           "deliverable_time": iso, "deliverable_reason": r, "marketing": b, ...}}
+Activity = dict[str, Any]
+Contacts = dict[str, dict[str, Any]]
+
+ORDERS = frozenset({"crm.touchpoint.web.order_completed", "crm.touchpoint.store.purchase"})
+# Contact the person started, and contact the company started.
+INBOUND = frozenset(
+    {
+        "crm.touchpoint.phone.sms_received",
+        "crm.touchpoint.email.replied",
+        "crm.touchpoint.web.form_submitted",
+        "crm.touchpoint.feedback.survey_answered",
+    }
+)
+OUTBOUND = frozenset({"crm.touchpoint.email.sent", "crm.touchpoint.email.delivered"})
+# Proof that mail reaches the address again after a bounce.
+REACHED = frozenset(
+    {
+        "crm.touchpoint.email.delivered",
+        "crm.touchpoint.email.opened",
+        "crm.touchpoint.email.clicked",
+        "crm.touchpoint.email.replied",
+    }
+)
+
+
+def _later(current: str | None, at: datetime) -> str:
+    return at.isoformat() if current is None or datetime.fromisoformat(current) < at else current
+
+
+def _earlier(current: str | None, at: datetime) -> str:
+    return at.isoformat() if current is None or datetime.fromisoformat(current) > at else current
+
+
+def direction(event: Any) -> str | None:
+    """ "inbound", "outbound" or None for a touchpoint that is no contact either way."""
+    if event.type in INBOUND:
+        return "inbound"
+    if event.type in OUTBOUND:
+        return "outbound"
+    if event.type == "crm.touchpoint.phone.call_completed":
+        return "inbound" if event.data.direction == "inbound" else "outbound"
+    return None
+
+
+def apply_activity(current: Activity, event: Any) -> Activity:
+    """The summary after one more touchpoint (the consumer never applies one twice)."""
+    at: datetime = event.time
+    result = dict(current)
+    result["first_seen"] = _earlier(current.get("first_seen"), at)
+    result["last_seen"] = _later(current.get("last_seen"), at)
+    channels = dict(current.get("channels", {}))
+    channels[event.data.channel] = channels.get(event.data.channel, 0) + 1
+    result["channels"] = channels
+    if event.type in ORDERS:
+        result["orders"] = current.get("orders", 0) + 1
+        revenue = dict(current.get("revenue", {}))
+        revenue[event.data.currency] = str(
+            Decimal(revenue.get(event.data.currency, "0")) + event.data.revenue
+        )
+        result["revenue"] = revenue
+        result["last_order_at"] = _later(current.get("last_order_at"), at)
+    way = direction(event)
+    if way is not None:
+        result[f"last_{way}_at"] = _later(current.get(f"last_{way}_at"), at)
+    return result
+
+
+def merge_activity(survivor: Activity, merged: Activity) -> Activity:
+    """Two people found to be one: their summaries added up."""
+    if not merged:
+        return dict(survivor)
+    if not survivor:
+        return dict(merged)
+    result = dict(survivor)
+    result["first_seen"] = min(survivor["first_seen"], merged["first_seen"], key=_moment)
+    result["last_seen"] = max(survivor["last_seen"], merged["last_seen"], key=_moment)
+    channels = dict(survivor.get("channels", {}))
+    for channel, count in merged.get("channels", {}).items():
+        channels[channel] = channels.get(channel, 0) + count
+    result["channels"] = channels
+    result["orders"] = survivor.get("orders", 0) + merged.get("orders", 0)
+    revenue = dict(survivor.get("revenue", {}))
+    for currency, amount in merged.get("revenue", {}).items():
+        revenue[currency] = str(Decimal(revenue.get(currency, "0")) + Decimal(amount))
+    result["revenue"] = revenue
+    for name in ("last_order_at", "last_inbound_at", "last_outbound_at"):
+        found = [t for t in (survivor.get(name), merged.get(name)) if t is not None]
+        if found:
+            result[name] = max(found, key=_moment)
+    return result
+
+
+def _moment(iso: str) -> datetime:
+    return datetime.fromisoformat(iso)
+
+
+def apply_contact_health(current: Contacts, event: Any) -> tuple[Contacts, bool]:
+    """Email health after one touchpoint about the event's email address; whether it changed."""
+    address = event.data.identities.email
+    if event.data.channel != "email" or address is None:
+        return current, False
+    at: datetime = event.time
+    key = f"email:{address}"
+    entry = dict(
+        current.get(key)
+        or {"channel": "email", "address": address, "deliverable": True, "marketing": True}
+    )
+    before = dict(entry)
+    action = event.action
+    if action == "bounced" and event.data.bounce_type in ("hard", "block"):
+        _set(entry, "deliverable", False, at, "bounced")
+    elif action == "complained":
+        _set(entry, "marketing", False, at, "complained")
+    elif action == "unsubscribed" and event.data.purpose == "marketing":
+        _set(entry, "marketing", False, at, "unsubscribed")
+    elif event.type in REACHED:
+        _set(entry, "deliverable", True, at, None)
+    if entry == before and key in current:
+        return current, False
+    return {**current, key: entry}, True
+
+
+def _set(entry: dict[str, Any], flag: str, value: bool, at: datetime, reason: str | None) -> None:
+    """Set a health flag unless a newer event already decided it."""
+    decided = entry.get(f"{flag}_time")
+    if decided is not None and datetime.fromisoformat(decided) > at:
+        return
+    entry[flag] = value
+    entry[f"{flag}_time"] = at.isoformat()
+    entry[f"{flag}_reason"] = reason
+
+
+def merge_contacts(survivor: Contacts, merged: Contacts) -> Contacts:
+    """Both profiles' addresses; an address on both keeps the newer verdict of each flag."""
+    result = dict(survivor)
+    for key, theirs in merged.items():
+        ours = result.get(key)
+        if ours is None:
+            result[key] = theirs
+            continue
+        combined = dict(ours)
+        for flag in ("deliverable", "marketing"):
+            their_time, our_time = theirs.get(f"{flag}_time"), ours.get(f"{flag}_time")
+            if their_time is None:
+                continue
+            if our_time is None or _moment(their_time) > _moment(our_time):
+                combined[flag] = theirs[flag]
+                combined[f"{flag}_time"] = their_time
+                combined[f"{flag}_reason"] = theirs.get(f"{flag}_reason")
+        result[key] = combined
+    return result

@@ -1,0 +1,88 @@
+"""The activity summary and contact health: by event time, merged by adding up."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+from decimal import Decimal
+from typing import Any
+
+from crm_profile.domain.activity import (
+    apply_activity,
+    apply_contact_health,
+    merge_activity,
+    merge_contacts,
+)
+from crm_shared.contracts import TOUCHPOINT_ADAPTER
+from crm_shared.contracts.examples import example_event
+
+
+def event(event_type: str, minute: int, **data: Any) -> Any:
+    document = example_event(event_type)
+    document["time"] = f"2026-11-20T10:{minute:02}:00Z"
+    document["data"].update(data)
+    return TOUCHPOINT_ADAPTER.validate_json(json.dumps(document))
+
+
+def at(minute: int) -> str:
+    return datetime(2026, 11, 20, 10, minute, tzinfo=UTC).isoformat()
+
+
+def test_touchpoints_add_up_by_event_time_whatever_the_order() -> None:
+    events = [
+        event("crm.touchpoint.store.purchase", 30, revenue=19.5, currency="EUR"),
+        event("crm.touchpoint.web.page_viewed", 10),
+        event("crm.touchpoint.web.order_completed", 20, revenue=10.25, currency="EUR"),
+        event("crm.touchpoint.phone.call_completed", 40, direction="inbound"),
+        event("crm.touchpoint.email.sent", 5),
+    ]
+    summary: dict[str, Any] = {}
+    for e in events:
+        summary = apply_activity(summary, e)
+    assert summary == {
+        "first_seen": at(5),
+        "last_seen": at(40),
+        "channels": {"store": 1, "web": 2, "phone": 1, "email": 1},
+        "orders": 2,
+        "revenue": {"EUR": "29.75"},
+        "last_order_at": at(30),
+        "last_inbound_at": at(40),
+        "last_outbound_at": at(5),
+    }
+    other = apply_activity({}, event("crm.touchpoint.store.purchase", 1, revenue=1, currency="USD"))
+    merged = merge_activity(summary, other)
+    assert merged["first_seen"] == at(1)
+    assert merged["orders"] == 3
+    assert merged["revenue"] == {"EUR": "29.75", "USD": "1"}
+    assert Decimal(merged["revenue"]["EUR"]) == Decimal("29.75")
+    assert merged["channels"]["store"] == 2
+
+
+def test_a_bounce_stops_mail_until_mail_gets_through_and_a_late_event_changes_nothing() -> None:
+    contacts: dict[str, Any] = {}
+    contacts, changed = apply_contact_health(
+        contacts, event("crm.touchpoint.email.bounced", 10, bounce_type="hard")
+    )
+    (entry,) = contacts.values()
+    assert changed
+    assert (entry["deliverable"], entry["deliverable_reason"], entry["marketing"]) == (
+        False,
+        "bounced",
+        True,
+    )
+    late, changed = apply_contact_health(contacts, event("crm.touchpoint.email.delivered", 5))
+    assert not changed, "a delivery older than the bounce proves nothing"
+    assert late == contacts
+    _, changed = apply_contact_health(
+        contacts, event("crm.touchpoint.email.bounced", 11, bounce_type="soft")
+    )
+    assert not changed, "a soft bounce is temporary"
+    again, changed = apply_contact_health(contacts, event("crm.touchpoint.email.opened", 20))
+    assert changed
+    assert next(iter(again.values()))["deliverable"] is True
+    unsubscribed, _ = apply_contact_health(again, event("crm.touchpoint.email.unsubscribed", 30))
+    complained, _ = apply_contact_health({}, event("crm.touchpoint.email.complained", 40))
+    assert next(iter(unsubscribed.values()))["marketing_reason"] == "unsubscribed"
+    both = merge_contacts(unsubscribed, complained)
+    assert next(iter(both.values()))["marketing_reason"] == "complained", "the newer verdict"
+    assert next(iter(both.values()))["deliverable"] is True
