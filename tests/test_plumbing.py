@@ -40,6 +40,7 @@ async def test_migrations_apply_on_an_empty_database_and_reapply_as_a_no_op(
         "profile/0001_init",
         "profile/0002_identity_graph",
         "profile/0003_activity",
+        "profile/0004_erasure",
     ]
     conn = await asyncpg.connect(url)
     try:

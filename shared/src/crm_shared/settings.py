@@ -94,15 +94,20 @@ class ApiSettings(StatefulSettings):
 
     api_tokens: Annotated[list[SecretStr], NoDecode] = Field(
         default_factory=lambda: [SecretStr(DEV_ADMIN_TOKEN)],
-        description="bearer tokens accepted by the read API, comma separated",
+        description="bearer tokens of the admin role (read and erase), comma separated",
+    )
+    agent_tokens: Annotated[list[SecretStr], NoDecode] = Field(
+        default_factory=list,
+        description="bearer tokens of the agent role (read only), comma separated",
     )
 
     @model_validator(mode="before")
     @classmethod
     def _split_tokens(cls, values: dict[str, object]) -> dict[str, object]:
-        raw = values.get("api_tokens")
-        if isinstance(raw, str):
-            values["api_tokens"] = [t.strip() for t in raw.split(",") if t.strip()]
+        for name in ("api_tokens", "agent_tokens"):
+            raw = values.get(name)
+            if isinstance(raw, str):
+                values[name] = [t.strip() for t in raw.split(",") if t.strip()]
         return values
 
     @model_validator(mode="after")

@@ -5,10 +5,11 @@ from __future__ import annotations
 import base64
 import binascii
 import json
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, HTTPException, Query, Request
+from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field, ValidationError
@@ -16,15 +17,24 @@ from pydantic import BaseModel, Field, ValidationError
 from crm_profile import store
 from crm_profile.settings import ProfileSettings
 from crm_profile.snapshots import snapshot_data
-from crm_shared.auth import check_bearer
+from crm_shared.auth import role_of
+from crm_shared.consumer import Contended
 from crm_shared.contracts import (
+    PROFILES,
     ActivitySummary,
     ConsentState,
     ContactPoint,
     Identifier,
     Identities,
 )
+from crm_shared.kafka import OutgoingRecord
+from crm_shared.logging import get_logger
+from crm_shared.outbox import write_outbox
 from crm_shared.service import runtime_of
+
+log = get_logger(__name__)
+
+ERASE_TRIES = 5
 
 
 class ProfileView(BaseModel):
@@ -45,10 +55,29 @@ class ProfileView(BaseModel):
 def _authorised(request: Request) -> None:
     settings = runtime_of(request).settings
     assert isinstance(settings, ProfileSettings)
-    check_bearer(request, settings.api_tokens)
+    request.state.role = role_of(request, settings.api_tokens, settings.agent_tokens)
 
 
-router = APIRouter(prefix="/v1", tags=["profiles"], dependencies=[Depends(_authorised)])
+def _no_nul(request: Request) -> None:
+    """PostgreSQL stores no NUL character in text: a parameter holding one is refused here,
+    naming it, rather than failing in the query."""
+    params = [("path", k, v) for k, v in request.path_params.items()]
+    params += [("query", k, v) for k, v in request.query_params.multi_items()]
+    bad = [(where, name) for where, name, value in params if "\x00" in str(value)]
+    if bad:
+        raise RequestValidationError(
+            [{"type": "value_error", "loc": loc, "msg": "contains a NUL character"} for loc in bad]
+        )
+
+
+def _admin(request: Request) -> None:
+    if request.state.role != "admin":
+        raise HTTPException(403, "only the admin role may erase")
+
+
+router = APIRouter(
+    prefix="/v1", tags=["profiles"], dependencies=[Depends(_authorised), Depends(_no_nul)]
+)
 
 EXAMPLE = {
     "profile_id": "5b0e5b4e-8f3a-4c1e-9d52-0f6f3b1a2c7d",
@@ -207,6 +236,8 @@ async def _live(request: Request, profile_id: str, suffix: str) -> store.Profile
     row = await store.find_profile(runtime_of(request).db, profile_id)
     if row is None:
         raise HTTPException(404, "no such profile")
+    if row.erased_at is not None:
+        raise HTTPException(410, "this profile was erased")
     if row.merged_into is None:
         return row
     location = str(request.url_for("by_id", profile_id=row.merged_into)) + suffix
@@ -348,3 +379,97 @@ async def identity_history(request: Request, profile_id: str) -> Any:
         merges=[MergeRecord(**dict(r)) for r in await store.merge_history(db, profile_id)],
         conflicts=[ConflictRecord(**dict(r)) for r in await store.conflicts_of(db, profile_id)],
     )
+
+
+@router.get(
+    "/profiles/{profile_id}/export",
+    summary="Everything held about the person, for a subject access request",
+    responses={
+        200: {
+            "content": {
+                "application/json": {
+                    "example": {
+                        "profile": EXAMPLE,
+                        "profiles": ["5b0e5b4e-8f3a-4c1e-9d52-0f6f3b1a2c7d"],
+                        "touchpoints": [{"specversion": "1.0", "id": "9f1c2d3e-web-0001"}],
+                        "merges": [],
+                        "conflicts": [],
+                    }
+                }
+            }
+        },
+        308: {"description": "merged into another profile: follow Location"},
+        404: {"description": "no such profile"},
+        410: {"description": "the profile was erased"},
+        401: {"description": "no or unknown bearer token"},
+    },
+)
+async def export_profile(request: Request, profile_id: str) -> Any:
+    found = await _live(request, profile_id, "/export")
+    if isinstance(found, JSONResponse):
+        return found
+    held = await store.export(runtime_of(request).db, profile_id)
+    return JSONResponse(jsonable_encoder({"profile": _view(found), **held}))
+
+
+@router.delete(
+    "/profiles/{profile_id}",
+    dependencies=[Depends(_admin)],
+    summary="Erase the person: personal data, identifiers and timeline (admin role)",
+    description="Erases the profile and every profile merged into it: traits, consents, "
+    "activity, contact points, identifiers, touchpoints and conflicts are deleted, and a "
+    "tombstone for each profile on crm.profiles.v1 tells every other service. The ids stay "
+    "known (answering 410), the merge audit stays (it holds no personal data). New events "
+    "with the same identifiers make a new profile. Records already on the touchpoint topics "
+    "age out with the topics' retention.",
+    responses={
+        200: {
+            "content": {
+                "application/json": {
+                    "example": {
+                        "erased": ["5b0e5b4e-8f3a-4c1e-9d52-0f6f3b1a2c7d"],
+                        "identifiers": 3,
+                        "touchpoints": 41,
+                    }
+                }
+            }
+        },
+        308: {"description": "merged into another profile: erase the survivor (Location)"},
+        403: {"description": "the token's role is not admin"},
+        404: {"description": "no such profile"},
+        410: {"description": "already erased"},
+        401: {"description": "no or unknown bearer token"},
+    },
+)
+async def erase_profile(request: Request, profile_id: str) -> Any:
+    found = await _live(request, profile_id, "")
+    if isinstance(found, JSONResponse):
+        return found
+    runtime = runtime_of(request)
+    topic = PROFILES.full_name(runtime.settings.topic_prefix)
+    for _ in range(ERASE_TRIES):
+        try:
+            async with runtime.db.acquire() as conn, conn.transaction():
+                erased = await store.erase(conn, profile_id, datetime.now(UTC))
+                await write_outbox(
+                    conn,
+                    [
+                        OutgoingRecord(topic=topic, key=p.encode(), value=None, headers={})
+                        for p in erased.profiles
+                    ],
+                )
+            break
+        except Contended:
+            continue
+    else:
+        raise HTTPException(
+            503, "the profile kept changing; try again", headers={"Retry-After": "1"}
+        )
+    if runtime.relay is not None:
+        runtime.relay.wake()
+    log.info("profile erased", profiles=erased.profiles, touchpoints=erased.touchpoints)
+    return {
+        "erased": erased.profiles,
+        "identifiers": erased.identifiers,
+        "touchpoints": erased.touchpoints,
+    }

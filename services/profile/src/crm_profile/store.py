@@ -25,6 +25,7 @@ class ProfileRow:
     activity: Activity
     contacts: Contacts
     merged_into: str | None
+    erased_at: datetime | None
     last_event_id: str | None
     created_at: datetime
     updated_at: datetime
@@ -57,12 +58,12 @@ async def lock_owners(conn: DbConnection, profile_ids: Sequence[str]) -> dict[st
     order every transaction takes, so two never deadlock), and describe them. NO KEY UPDATE:
     attaching an identifier elsewhere only takes KEY SHARE, which does not wait for it."""
     rows = await conn.fetch(
-        "SELECT profile_id, created_at, merged_into FROM profiles "
+        "SELECT profile_id, created_at, merged_into, erased_at FROM profiles "
         "WHERE profile_id = ANY($1::text[]) ORDER BY profile_id FOR NO KEY UPDATE",
         sorted(set(profile_ids)),
     )
-    if len(rows) != len(set(profile_ids)) or any(r["merged_into"] for r in rows):
-        raise Contended("an owner was merged away while this transaction waited for it")
+    if len(rows) != len(set(profile_ids)) or any(r["merged_into"] or r["erased_at"] for r in rows):
+        raise Contended("an owner was merged away or erased while this transaction waited")
     held: dict[str, set[IdentifierKey]] = {r["profile_id"]: set() for r in rows}
     for r in await conn.fetch(
         "SELECT kind, value, profile_id FROM identifiers WHERE profile_id = ANY($1::text[])",
@@ -253,6 +254,7 @@ async def _with_identifiers(conn: DbConnection | asyncpg.Pool, row: asyncpg.Reco
         activity=row["activity"],
         contacts=row["contacts"],
         merged_into=row["merged_into"],
+        erased_at=row["erased_at"],
         last_event_id=row["last_event_id"],
         created_at=row["created_at"],
         updated_at=row["updated_at"],
@@ -328,3 +330,77 @@ async def conflicts_of(conn: DbConnection | asyncpg.Pool, profile_id: str) -> li
             profile_id,
         )
     )
+
+
+@dataclass(frozen=True)
+class Erasure:
+    profiles: list[str]
+    """The erased profile and every profile merged into it."""
+    identifiers: int
+    touchpoints: int
+
+
+async def family(conn: DbConnection | asyncpg.Pool, profile_id: str) -> list[str]:
+    """The live profile and every profile merged into it, sorted."""
+    rows = await conn.fetch(f"{_FAMILY} ORDER BY 1", profile_id)
+    return [r[0] for r in rows]
+
+
+async def erase(conn: DbConnection, survivor: str, at: datetime) -> Erasure:
+    """Delete everything held about the person of `survivor` (a live profile): identifiers,
+    touchpoints, conflicts and the state of every profile of the family, whose rows stay as
+    erased markers. Takes the locks events take, in the same order; raises Contended when an
+    identifier was added meanwhile."""
+    members = await family(conn, survivor)
+    keys = [
+        (r["kind"], r["value"])
+        for r in await conn.fetch(
+            "SELECT kind, value FROM identifiers WHERE profile_id = ANY($1::text[])", members
+        )
+    ]
+    await lock_identifiers(conn, keys)
+    await conn.execute(
+        "SELECT 1 FROM profiles WHERE profile_id = ANY($1::text[]) ORDER BY profile_id "
+        "FOR NO KEY UPDATE",
+        members,
+    )
+    now_held = await conn.fetchval(
+        "SELECT count(*) FROM identifiers WHERE profile_id = ANY($1::text[])", members
+    )
+    if now_held != len(keys):
+        raise Contended("an identifier joined the profile while erasure waited")
+    touchpoints = await conn.fetchval(
+        "WITH gone AS (DELETE FROM touchpoints WHERE profile_id = ANY($1::text[]) RETURNING 1) "
+        "SELECT count(*) FROM gone",
+        members,
+    )
+    await conn.execute(
+        "DELETE FROM identity_conflicts "
+        "WHERE profile_id = ANY($1::text[]) OR other_profile = ANY($1::text[])",
+        members,
+    )
+    await conn.execute("DELETE FROM identifiers WHERE profile_id = ANY($1::text[])", members)
+    await conn.execute(
+        "UPDATE profiles SET traits = '{}', consents = '{}', activity = '{}', contacts = '{}', "
+        "last_event_id = NULL, erased_at = $2, updated_at = $2, version = version + 1 "
+        "WHERE profile_id = ANY($1::text[])",
+        members,
+        at,
+    )
+    return Erasure(profiles=members, identifiers=len(keys), touchpoints=int(touchpoints))
+
+
+async def export(conn: DbConnection | asyncpg.Pool, survivor: str) -> dict[str, Any]:
+    """Everything held about the person of `survivor`, for a subject access request."""
+    members = await family(conn, survivor)
+    touchpoints = await conn.fetch(
+        "SELECT event FROM touchpoints WHERE profile_id = ANY($1::text[]) "
+        "ORDER BY event_time, source, event_id",
+        members,
+    )
+    return {
+        "profiles": members,
+        "touchpoints": [r["event"] for r in touchpoints],
+        "merges": [dict(r) for r in await merge_history(conn, survivor)],
+        "conflicts": [dict(r) for r in await conflicts_of(conn, survivor)],
+    }
