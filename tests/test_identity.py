@@ -127,11 +127,12 @@ async def test_an_event_linking_two_profiles_merges_them_audited_redirected_and_
             )
             history = await http.get(f"/v1/profiles/{survivor}/identity", headers=ADMIN)
 
-    # The web visitor (oldest) survives; the caller's profile was merged into it, and every
-    # touchpoint of the person now sits on one profile: one timeline.
+    # Every touchpoint of the person now sits on one profile: one timeline.
     assert {rows[e["id"]] for e in (web, call, signup, purchase)} == {survivor}
     assert merged != survivor
-    assert [tuple(r) for r in audit] == [(survivor, merged, "customer_id", purchase["id"])]
+    # The caller's profile was first seen earlier (10:10) than the web visitor's (10:30): it
+    # survives; the purchase named the customer first and took the visitor in by email.
+    assert [tuple(r) for r in audit] == [(survivor, merged, "email", purchase["id"])]
     # customer c2 is another person: its own profile; the shared email stays and is a conflict.
     other = rows[stranger["id"]]
     assert other not in (survivor, merged)
@@ -161,9 +162,7 @@ async def test_an_event_linking_two_profiles_merges_them_audited_redirected_and_
     assert old_timeline.headers["location"].endswith(f"/v1/profiles/{survivor}/timeline?limit=3")
     assert bad_cursor.status_code == 422
     assert "cursor" in bad_cursor.text
-    assert [(m["merged"], m["linked_by"]) for m in history.json()["merges"]] == [
-        (merged, "customer_id")
-    ]
+    assert [(m["merged"], m["linked_by"]) for m in history.json()["merges"]] == [(merged, "email")]
     assert [c["rule"] for c in history.json()["conflicts"]] == ["unique:customer_id"]
     # The person's activity adds up both merged profiles' touchpoints (the retry counted once).
     activity = by_phone.json()["activity"]
@@ -413,8 +412,9 @@ async def test_a_resolution_waiting_on_a_merge_starts_again_on_the_survivor(
     settings_ = profile_settings(endpoints, "unused.", url)
     apply = touchpoint_effects(Runtime(settings=settings_, producer=create_producer(settings_)))
 
-    def event(**identities: str) -> Any:
+    def event(minute: int, **identities: str) -> Any:
         document = touchpoint("crm.touchpoint.web.page_viewed", **identities)
+        document["time"] = f"2026-11-20T10:{minute:02}:00Z"  # P1 is the older: it survives
         return TOUCHPOINT_ADAPTER.validate_json(json.dumps(document))
 
     async def resolve_with_retries(conn: DbConnection, incoming: Any) -> int:
@@ -429,13 +429,13 @@ async def test_a_resolution_waiting_on_a_merge_starts_again_on_the_survivor(
 
     try:
         async with pool.acquire() as conn1, pool.acquire() as conn2:
-            await resolve_with_retries(conn1, event(email="e@x.org", anonymous_id="a"))
-            await resolve_with_retries(conn1, event(phone="+37060000009", device_id="x"))
+            await resolve_with_retries(conn1, event(1, email="e@x.org", anonymous_id="a"))
+            await resolve_with_retries(conn1, event(2, phone="+37060000009", device_id="x"))
             transaction = conn1.transaction()
             await transaction.start()
-            await apply(conn1, event(email="e@x.org", phone="+37060000009"))  # the merge
+            await apply(conn1, event(3, email="e@x.org", phone="+37060000009"))  # the merge
             second = asyncio.create_task(
-                resolve_with_retries(conn2, event(device_id="x", anonymous_id="z"))
+                resolve_with_retries(conn2, event(4, device_id="x", anonymous_id="z"))
             )
             backend = conn2.get_server_pid()
 

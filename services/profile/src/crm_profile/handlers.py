@@ -3,7 +3,6 @@ and the new snapshot through the outbox, all in the consumer's transaction."""
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
@@ -20,7 +19,13 @@ from crm_profile.domain.state import ConsentUpdate, apply_consents, apply_traits
 from crm_profile.settings import ProfileSettings
 from crm_profile.snapshots import snapshot_of
 from crm_shared.consumer import Contended
-from crm_shared.contracts import PROFILES, TOUCHPOINTS_RESOLVED, TouchpointEnvelope
+from crm_shared.contracts import (
+    PROFILES,
+    TOUCHPOINTS_RESOLVED,
+    TouchpointEnvelope,
+    dedupe_key,
+    derived_event_id,
+)
 from crm_shared.contracts.derived import ProfileChange
 from crm_shared.database import DbConnection
 from crm_shared.kafka import OutgoingRecord
@@ -61,13 +66,18 @@ def touchpoint_effects(runtime: Runtime) -> Any:
         profiles = await store.lock_owners(conn, list(owners.values()))
         if await store.owners(conn, keys) != owners:
             raise Contended("an identifier moved while this transaction waited")
-        fresh = KnownProfile(str(uuid.uuid4()), now, frozenset())
+        # A new profile is named after the event that makes it and dated by that event's
+        # time, so a rebuild from the topic makes the same profiles and picks the same
+        # survivors (the profile first seen earliest), whatever order partitions come in.
+        fresh = KnownProfile(
+            derived_event_id("profile", dedupe_key(event)), event.time, frozenset()
+        )
         resolution = resolve(keys, owners, profiles, rules, fresh)
         target = resolution.profile_id
 
         changes: list[ProfileChange] = []
         if resolution.created:
-            await store.create_profile(conn, target, now)
+            await store.create_profile(conn, target, first_seen=event.time, at=now)
             changes.append("created")
         await store.attach_identifiers(conn, target, resolution.attach)
         if resolution.attach and not resolution.created:

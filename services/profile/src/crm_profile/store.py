@@ -132,10 +132,14 @@ async def record_conflicts(
         )
 
 
-async def create_profile(conn: DbConnection, profile_id: str, at: datetime) -> None:
+async def create_profile(
+    conn: DbConnection, profile_id: str, *, first_seen: datetime, at: datetime
+) -> None:
+    """A new, empty profile; `created_at` is the event time of the touchpoint that made it."""
     await conn.execute(
-        "INSERT INTO profiles (profile_id, version, created_at, updated_at) VALUES ($1, 0, $2, $2)",
+        "INSERT INTO profiles (profile_id, version, created_at, updated_at) VALUES ($1, 0, $2, $3)",
         profile_id,
+        first_seen,
         at,
     )
 

@@ -12,8 +12,8 @@ names, unless a rule forbids it:
 
 A link a rule forbids is a conflict: the profile or identifier stays where it was, and the
 conflict is reported with the rule, never dropped silently. The group's survivor is its oldest
-profile (then the smallest id), so a long-standing customer keeps their profile id; the others
-are merged into it. Pure: no I/O, so every rule is tested without a database.
+existing profile (then the smallest id), so a long-standing customer keeps their profile id;
+the others are merged into it. Pure: no I/O, so every rule is tested without a database.
 """
 
 from __future__ import annotations
@@ -102,7 +102,9 @@ def resolve(
         else:
             group.append(profiles[owner])
             linked_by[owner] = key
-    survivor = min(group, key=lambda p: (p.created_at, p.profile_id))
+    # The oldest existing profile survives: a new one only when the event names no profile.
+    existing = [p for p in group if p is not new_profile]
+    survivor = min(existing or group, key=lambda p: (p.created_at, p.profile_id))
     return Resolution(
         profile_id=survivor.profile_id,
         created=survivor is new_profile,
