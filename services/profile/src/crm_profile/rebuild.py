@@ -1,0 +1,165 @@
+"""Rebuild profile's database from `crm.touchpoints.v1`, from the beginning.
+
+    CRM_DATABASE_URL=postgresql://.../crm_profile_rebuilt crm-profile rebuild
+
+The target database must hold no profiles yet (it is migrated first). Every record is applied
+as the live consumer applies it, each in its own transaction and claimed in processed_events
+under the live consumer's name, so the service can later run on the rebuilt database without
+handling anything twice. Nothing is published: the live database already did. Records that
+are not valid touchpoints are skipped and counted (the live consumer dead-lettered them).
+
+The topic must still hold every touchpoint: its retention (retention.ms, retention.bytes) has
+to be unlimited, or at least longer than the history profiles should keep. Identity decisions
+that depend on the order of events on different partitions (which profile id survives a merge,
+which link a limit refuses) follow the order the rebuild reads; people, traits, consents and
+activity come out the same.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.structs import ConsumerRecord
+from pydantic import ValidationError
+
+from crm_profile.app import migrations
+from crm_profile.handlers import touchpoint_effects
+from crm_profile.settings import ProfileSettings
+from crm_shared.consumer import Contended
+from crm_shared.contracts import TOUCHPOINT_ADAPTER, TOUCHPOINTS, dedupe_key, json_context
+from crm_shared.database import apply_migrations, create_pool
+from crm_shared.kafka import create_producer
+from crm_shared.logging import configure_logging, get_logger
+from crm_shared.service import Runtime
+
+log = get_logger(__name__)
+
+CONSUMER = "profile.touchpoints"  # the live consumer's name: its claims carry over
+CONTENDED_TRIES = 10
+
+
+class RebuildRefused(RuntimeError):
+    pass
+
+
+@dataclass
+class Report:
+    records: int = 0
+    applied: int = 0
+    duplicates: int = 0
+    skipped: int = 0
+
+
+async def rebuild(settings: ProfileSettings, *, idle_s: float = 2.0) -> Report:
+    """Apply every record of the touchpoints topic to the database of `settings`."""
+    pool = await create_pool(settings.database_url, 2)
+    producer = create_producer(settings)  # never started: effects only return what to publish
+    try:
+        async with pool.acquire() as conn:
+            await apply_migrations(conn, migrations())
+            if await conn.fetchval("SELECT count(*) FROM profiles"):
+                raise RebuildRefused(
+                    "the target database already holds profiles; rebuild into an empty one"
+                )
+        apply = touchpoint_effects(Runtime(settings=settings, producer=producer))
+        report = Report()
+        async for record in _every_record(settings, idle_s=idle_s):
+            report.records += 1
+            try:
+                event: Any = TOUCHPOINT_ADAPTER.validate_json(
+                    record.value or b"", context=json_context(record.value or b"")
+                )
+            except ValidationError:
+                report.skipped += 1
+                continue
+            for _ in range(CONTENDED_TRIES):
+                try:
+                    async with pool.acquire() as conn, conn.transaction():
+                        claimed = await conn.fetchval(
+                            "INSERT INTO processed_events (consumer, event_id) VALUES ($1, $2) "
+                            "ON CONFLICT DO NOTHING RETURNING true",
+                            CONSUMER,
+                            dedupe_key(event),
+                        )
+                        if claimed:
+                            await apply(conn, event)  # what it would publish is dropped
+                    break
+                except Contended:
+                    continue
+            if claimed:
+                report.applied += 1
+            else:
+                report.duplicates += 1
+        return report
+    finally:
+        await pool.close()
+
+
+async def _every_record(settings: ProfileSettings, *, idle_s: float) -> Any:
+    """Every record of the topic, from the beginning, until a fetch past the end offsets taken
+    at the start comes back empty for `idle_s` (some brokers report end offsets short)."""
+    topic = TOUCHPOINTS.full_name(settings.topic_prefix)
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=settings.kafka_bootstrap,
+        enable_auto_commit=False,
+        auto_offset_reset="earliest",
+    )
+    await consumer.start()
+    try:
+        partitions = sorted(await _partitions(consumer, topic))
+        if not partitions:
+            raise RebuildRefused(f"topic {topic} not found")
+        consumer.assign([TopicPartition(topic, p) for p in partitions])
+        ends = await consumer.end_offsets(consumer.assignment())
+        await consumer.seek_to_beginning()
+        while True:
+            batch = await consumer.getmany(timeout_ms=int(idle_s * 1000), max_records=1000)
+            records: list[ConsumerRecord[bytes, bytes]] = [r for rs in batch.values() for r in rs]
+            for record in records:
+                yield record
+            if not records:
+                positions = [await consumer.position(tp) for tp in ends]
+                if all(pos >= end for pos, end in zip(positions, ends.values(), strict=True)):
+                    return
+    finally:
+        await consumer.stop()
+
+
+async def _partitions(consumer: AIOKafkaConsumer, topic: str) -> set[int]:
+    await consumer._client.force_metadata_update()
+    found: set[int] = consumer.partitions_for_topic(topic) or set()
+    return found
+
+
+def main(argv: Sequence[str]) -> int:
+    parser = argparse.ArgumentParser(
+        prog="crm-profile rebuild",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument(
+        "--database-url", help="the database to rebuild into (default: CRM_DATABASE_URL)"
+    )
+    args = parser.parse_args(argv)
+    overrides = {"database_url": args.database_url} if args.database_url else {}
+    settings = ProfileSettings(**overrides)
+    configure_logging(settings.log_level, settings.log_json)
+    started = datetime.now()
+    try:
+        report = asyncio.run(rebuild(settings))
+    except RebuildRefused as exc:
+        print(f"crm-profile rebuild: {exc}", file=sys.stderr)
+        return 2
+    took = (datetime.now() - started).total_seconds()
+    print(
+        f"rebuilt from {report.records} records in {took:.0f} s: {report.applied} applied, "
+        f"{report.duplicates} duplicates, {report.skipped} not valid touchpoints (skipped)"
+    )
+    return 0

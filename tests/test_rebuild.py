@@ -1,0 +1,126 @@
+"""Rebuilding profile's database from crm.touchpoints.v1 gives the profiles the live consumer
+built: the same people (identifiers), traits, consents, activity and contact health."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from typing import Any
+
+import asyncpg
+import pytest
+
+from crm_profile.app import build as build_profile
+from crm_profile.rebuild import RebuildRefused, rebuild
+from crm_profile.settings import ProfileSettings
+from crm_shared.contracts import TOUCHPOINTS
+from crm_shared.contracts.examples import example_event
+from crm_shared.database import create_pool
+from tests.conftest import Databases
+from tests.support import Endpoints, produce, running, service_env, wait_until
+
+
+def settings_for(endpoints: Endpoints, prefix: str, url: str) -> ProfileSettings:
+    env = service_env(endpoints, prefix, url)
+    return ProfileSettings.model_validate(
+        {k.removeprefix("CRM_").lower(): v for k, v in env.items()}
+    )
+
+
+def event(event_type: str, minute: int, traits: dict[str, Any] | None = None, **ids: str) -> Any:
+    document = example_event(event_type, event_id=str(uuid.uuid4()))
+    document["time"] = f"2026-11-20T10:{minute:02}:00Z"
+    document["data"]["identities"] = ids
+    if traits is not None:
+        document["data"]["traits"] = traits
+    return document
+
+
+async def people(url: str) -> dict[frozenset[tuple[str, str]], tuple[Any, ...]]:
+    """Each live profile by its identifiers, with everything it holds but ids and versions."""
+    pool = await create_pool(url, 1)
+    try:
+        rows = await pool.fetch(
+            "SELECT p.profile_id, p.traits, p.consents, p.activity, p.contacts, "
+            "array_agg(i.kind || ':' || i.value ORDER BY i.kind, i.value) AS ids, "
+            "(SELECT count(*) FROM touchpoints t WHERE t.profile_id = p.profile_id) AS seen "
+            "FROM profiles p JOIN identifiers i USING (profile_id) "
+            "WHERE p.merged_into IS NULL GROUP BY p.profile_id"
+        )
+    finally:
+        await pool.close()
+    return {
+        frozenset(tuple(i.split(":", 1)) for i in r["ids"]): (
+            r["traits"],
+            r["consents"],
+            r["activity"],
+            r["contacts"],
+            r["seen"],
+        )
+        for r in rows
+    }
+
+
+async def test_a_rebuild_from_the_topic_equals_the_live_profiles(
+    endpoints: Endpoints, topic_prefix: str, databases: Databases
+) -> None:
+    live_url = await databases.create("live")
+    rebuilt_url = await databases.create("rebuilt")
+    topic = TOUCHPOINTS.full_name(topic_prefix)
+    events = [
+        event("crm.touchpoint.web.page_viewed", 1, anonymous_id="a1"),
+        event(
+            "crm.touchpoint.web.signed_up",
+            2,
+            {"first_name": "Ana"},
+            anonymous_id="a1",
+            email="ana@x.org",
+        ),
+        event("crm.touchpoint.phone.call_completed", 3, phone="+37060000011", customer_id="c1"),
+        event("crm.touchpoint.store.purchase", 4, customer_id="c1", email="ana@x.org"),
+        event("crm.touchpoint.email.bounced", 5, email="ana@x.org"),
+        event("crm.touchpoint.web.signed_up", 1, {"first_name": "Old"}, email="ana@x.org"),
+        event("crm.touchpoint.email.opened", 6, email="bo@x.org"),
+        event("crm.touchpoint.web.consent_granted", 7, email="bo@x.org"),
+        event("crm.touchpoint.store.purchase", 8, customer_id="c2", phone="+37060000022"),
+        event("crm.touchpoint.web.page_viewed", 9, anonymous_id="a2", email="bo@x.org"),
+    ]
+    # Keyed by an identifier of each, as producers would: spread over the partitions.
+    records: list[tuple[bytes | None, bytes | None]] = [
+        (next(iter(e["data"]["identities"].values())).encode(), json.dumps(e).encode())
+        for e in events
+    ]
+    records += [records[3], (b"bad", b"{not json")]  # a redelivery and a broken record
+    await produce(endpoints.bootstrap, topic, records)
+
+    service = build_profile(settings_for(endpoints, topic_prefix, live_url))
+    async with running(service):
+        pool = service.app.state.runtime.db
+
+        async def all_stored() -> bool:
+            stored: int = await pool.fetchval("SELECT count(*) FROM touchpoints")
+            return stored == len(events)
+
+        await wait_until(all_stored, what="the live consumer to store every touchpoint")
+
+    report = await rebuild(settings_for(endpoints, topic_prefix, rebuilt_url), idle_s=1.0)
+    assert (report.records, report.applied, report.duplicates, report.skipped) == (
+        len(events) + 2,
+        len(events),
+        1,
+        1,
+    )
+    live, rebuilt = await people(live_url), await people(rebuilt_url)
+    assert len(live) == 3, "Ana (merged across web, phone and store), Bo, and customer c2"
+    assert rebuilt == live
+    conn = await asyncpg.connect(rebuilt_url)
+    try:
+        claimed = await conn.fetchval(
+            "SELECT count(*) FROM processed_events WHERE consumer = 'profile.touchpoints'"
+        )
+        outbox = await conn.fetchval("SELECT count(*) FROM outbox")
+    finally:
+        await conn.close()
+    assert (claimed, outbox) == (len(events), 0), "claims carry over; nothing is re-published"
+    with pytest.raises(RebuildRefused, match="already holds profiles"):
+        await rebuild(settings_for(endpoints, topic_prefix, rebuilt_url), idle_s=1.0)
