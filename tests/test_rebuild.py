@@ -112,6 +112,10 @@ async def test_a_rebuild_from_the_topic_equals_the_live_profiles(
     )
     live, rebuilt = await people(live_url), await people(rebuilt_url)
     assert len(live) == 3, "Ana (merged across web, phone and store), Bo, and customer c2"
+    ana = next(v for k, v in live.items() if ("customer_id", "c1") in k)
+    assert ana[0]["first_name"]["value"] == "Ana", "the older 'Old' arrived later and lost"
+    assert ana[2]["orders"] == 1, "the redelivered purchase counted once"
+    assert next(iter(ana[3].values()))["deliverable"] is False, "the bounce"
     assert rebuilt == live
     conn = await asyncpg.connect(rebuilt_url)
     try:
