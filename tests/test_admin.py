@@ -30,7 +30,11 @@ async def test_migrate_applies_each_service_once_on_a_fresh_database_then_nothin
     databases: Databases,
 ) -> None:
     for name, expected in [
-        ("profile", "plumbing/0001_plumbing, profile/0001_init"),
+        (
+            "profile",
+            "plumbing/0001_plumbing, profile/0001_init, profile/0002_identity_graph, "
+            "profile/0003_activity, profile/0004_erasure",
+        ),
         (
             "loyalty",
             "plumbing/0001_plumbing, profile_replica/0001_profile_replica, loyalty/0001_init",
