@@ -17,10 +17,12 @@ import httpx
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from crm_profile import store
 from crm_profile.app import build as build_profile
 from crm_profile.app import migrations as profile_migrations
 from crm_profile.domain.resolution import IdentifierKey
 from crm_profile.handlers import touchpoint_effects
+from crm_profile.rebuild import rebuild
 from crm_profile.settings import ProfileSettings
 from crm_shared.consumer import Contended
 from crm_shared.contracts import PROFILES, TOUCHPOINT_ADAPTER, TOUCHPOINTS
@@ -515,6 +517,17 @@ async def test_erasure_forgets_the_person_tells_everyone_and_a_new_event_starts_
         # Found by the fuzzer: PostgreSQL stores no NUL, so a parameter with one is a 422.
         nul_query = await http.get("/v1/profiles", params={"customer_id": "c\x00"}, headers=agent)
         nul_path = await http.get("/v1/profiles/p%00/timeline", headers=agent)
+        log = await store.erasure_log(pool)
+    # A rebuild with the live erasure log leaves the erased person out, not the newcomer.
+    rebuilt_url = await databases.create("erasure_rebuilt")
+    report = await rebuild(
+        profile_settings(endpoints, topic_prefix, rebuilt_url), erasures=log, idle_s=1.0
+    )
+    rebuilt = await asyncpg.connect(rebuilt_url)
+    try:
+        rebuilt_ids = await rebuilt.fetch("SELECT kind, value FROM identifiers")
+    finally:
+        await rebuilt.close()
 
     assert exported.status_code == 200
     assert {t["id"] for t in exported.json()["touchpoints"]} == {
@@ -544,3 +557,7 @@ async def test_erasure_forgets_the_person_tells_everyone_and_a_new_event_starts_
     assert "customer_id" in nul_query.text
     assert nul_path.status_code == 422
     assert "profile_id" in nul_path.text
+    assert len(log) == 3, "the erased identifiers, as hashes"
+    assert "eva@x.org" not in str(log)
+    assert (report.forgotten, report.applied) == (3, 1)
+    assert [tuple(r) for r in rebuilt_ids] == [("email", "eva@x.org")], "only the newcomer"

@@ -8,6 +8,7 @@ import json
 from datetime import UTC, datetime
 from typing import Annotated, Any
 
+import asyncpg
 from fastapi import APIRouter, Depends, HTTPException, Query, Request
 from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
@@ -217,7 +218,12 @@ def _after(cursor: str | None) -> tuple[datetime, str, str] | None:
         moment = datetime.fromisoformat(time)
         if moment.tzinfo is None or not isinstance(source, str) or not isinstance(event_id, str):
             raise ValueError
-    except (ValueError, TypeError, binascii.Error):
+        for text in (source, event_id):
+            # What the database could not take (a NUL, half a surrogate pair) was not ours.
+            if "\x00" in text or len(text) > 512:
+                raise ValueError
+            text.encode("utf-8")
+    except (ValueError, TypeError, OverflowError, binascii.Error):
         raise RequestValidationError(
             [
                 {
@@ -459,7 +465,15 @@ async def erase_profile(request: Request, profile_id: str) -> Any:
                     ],
                 )
             break
-        except Contended:
+        except store.ProfileMoved as moved:
+            # Merged into another while this request waited: the person lives on there.
+            location = str(request.url_for("by_id", profile_id=moved.survivor))
+            return JSONResponse(
+                {"merged_into": moved.survivor}, status_code=308, headers={"Location": location}
+            )
+        except store.ProfileErased:
+            raise HTTPException(410, "this profile was erased") from None
+        except (Contended, asyncpg.DeadlockDetectedError, asyncpg.SerializationError):
             continue
     else:
         raise HTTPException(

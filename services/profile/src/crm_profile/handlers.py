@@ -66,9 +66,9 @@ def touchpoint_effects(runtime: Runtime) -> Any:
         profiles = await store.lock_owners(conn, list(owners.values()))
         if await store.owners(conn, keys) != owners:
             raise Contended("an identifier moved while this transaction waited")
-        # A new profile is named after the event that makes it and dated by that event's
-        # time, so a rebuild from the topic makes the same profiles and picks the same
-        # survivors (the profile first seen earliest), whatever order partitions come in.
+        # A new profile is named after the event that makes it and dated by that event's time,
+        # so a rebuild reading the topic in the same order makes the same profiles (see
+        # crm_profile.rebuild for what read order can change).
         fresh = KnownProfile(
             derived_event_id("profile", dedupe_key(event)), event.time, frozenset()
         )

@@ -9,7 +9,10 @@ handling anything twice. Nothing is published: the live database already did. Re
 are not valid touchpoints are skipped and counted (the live consumer dead-lettered them).
 
 The topic must still hold every touchpoint: its retention (retention.ms, retention.bytes) has
-to be unlimited, or at least longer than the history profiles should keep. Identity decisions
+to be unlimited, or at least longer than the history profiles should keep. It then also holds
+the touchpoints of people erased since: pass `--erasures-from` the live database, and records
+written before an erasure that carry an erased identifier are skipped (and the erasure log is
+carried over); without it, erased people come back. Identity decisions
 that depend on the order of events on different partitions (which profile id survives a merge,
 which link a limit refuses) follow the order the rebuild reads; people, traits, consents and
 activity come out the same.
@@ -22,7 +25,7 @@ import asyncio
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
@@ -32,6 +35,7 @@ from pydantic import ValidationError
 from crm_profile.app import migrations
 from crm_profile.handlers import touchpoint_effects
 from crm_profile.settings import ProfileSettings
+from crm_profile.store import erasure_log, identifier_hash
 from crm_shared.consumer import Contended
 from crm_shared.contracts import TOUCHPOINT_ADAPTER, TOUCHPOINTS, dedupe_key, json_context
 from crm_shared.database import apply_migrations, create_pool
@@ -55,10 +59,28 @@ class Report:
     applied: int = 0
     duplicates: int = 0
     skipped: int = 0
+    forgotten: int = 0
+    """Records of erased people, written before their erasure."""
 
 
-async def rebuild(settings: ProfileSettings, *, idle_s: float = 2.0) -> Report:
-    """Apply every record of the touchpoints topic to the database of `settings`."""
+def _erased(event: Any, record: ConsumerRecord[bytes, bytes], log: dict[str, datetime]) -> bool:
+    written = datetime.fromtimestamp(record.timestamp / 1000, UTC)
+    for kind, value in event.data.identities.pairs():
+        erased_at = log.get(identifier_hash(kind, value))
+        if erased_at is not None and written < erased_at:
+            return True
+    return False
+
+
+async def rebuild(
+    settings: ProfileSettings,
+    *,
+    erasures: dict[str, datetime] | None = None,
+    idle_s: float = 2.0,
+) -> Report:
+    """Apply every record of the touchpoints topic to the database of `settings`, leaving out
+    what `erasures` (identifier hash: when it was erased) says was forgotten."""
+    forgotten = erasures or {}
     pool = await create_pool(settings.database_url, 2)
     producer = create_producer(settings)  # never started: effects only return what to publish
     try:
@@ -68,6 +90,10 @@ async def rebuild(settings: ProfileSettings, *, idle_s: float = 2.0) -> Report:
                 raise RebuildRefused(
                     "the target database already holds profiles; rebuild into an empty one"
                 )
+            await conn.executemany(
+                "INSERT INTO erased_identifiers (identifier_hash, erased_at) VALUES ($1, $2)",
+                list(forgotten.items()),
+            )
         apply = touchpoint_effects(Runtime(settings=settings, producer=producer))
         report = Report()
         async for record in _every_record(settings, idle_s=idle_s):
@@ -78,6 +104,9 @@ async def rebuild(settings: ProfileSettings, *, idle_s: float = 2.0) -> Report:
                 )
             except ValidationError:
                 report.skipped += 1
+                continue
+            if _erased(event, record, forgotten):
+                report.forgotten += 1
                 continue
             for _ in range(CONTENDED_TRIES):
                 try:
@@ -93,6 +122,8 @@ async def rebuild(settings: ProfileSettings, *, idle_s: float = 2.0) -> Report:
                     break
                 except Contended:
                     continue
+            else:
+                raise RuntimeError(f"record {record.offset} kept meeting concurrent changes")
             if claimed:
                 report.applied += 1
             else:
@@ -147,19 +178,42 @@ def main(argv: Sequence[str]) -> int:
     parser.add_argument(
         "--database-url", help="the database to rebuild into (default: CRM_DATABASE_URL)"
     )
+    parser.add_argument(
+        "--erasures-from",
+        metavar="DATABASE_URL",
+        help="the live database, whose erasure log says what to leave out",
+    )
     args = parser.parse_args(argv)
     overrides = {"database_url": args.database_url} if args.database_url else {}
     settings = ProfileSettings(**overrides)
     configure_logging(settings.log_level, settings.log_json)
+    if args.erasures_from is None:
+        print(
+            "crm-profile rebuild: no --erasures-from: people erased since their touchpoints "
+            "were written will come back",
+            file=sys.stderr,
+        )
     started = datetime.now()
     try:
-        report = asyncio.run(rebuild(settings))
+        report = asyncio.run(_run(settings, args.erasures_from))
     except RebuildRefused as exc:
         print(f"crm-profile rebuild: {exc}", file=sys.stderr)
         return 2
     took = (datetime.now() - started).total_seconds()
     print(
         f"rebuilt from {report.records} records in {took:.0f} s: {report.applied} applied, "
-        f"{report.duplicates} duplicates, {report.skipped} not valid touchpoints (skipped)"
+        f"{report.duplicates} duplicates, {report.skipped} not valid touchpoints (skipped), "
+        f"{report.forgotten} of erased people (left out)"
     )
     return 0
+
+
+async def _run(settings: ProfileSettings, erasures_from: str | None) -> Report:
+    erasures: dict[str, datetime] = {}
+    if erasures_from is not None:
+        live = await create_pool(erasures_from, 1)
+        try:
+            erasures = await erasure_log(live)
+        finally:
+            await live.close()
+    return await rebuild(settings, erasures=erasures)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime
@@ -350,11 +351,28 @@ async def family(conn: DbConnection | asyncpg.Pool, profile_id: str) -> list[str
     return [r[0] for r in rows]
 
 
+class ProfileMoved(Exception):
+    """The profile to erase was merged into another meanwhile: erase that one."""
+
+    def __init__(self, survivor: str) -> None:
+        super().__init__(f"merged into {survivor}")
+        self.survivor = survivor
+
+
+class ProfileErased(Exception):
+    """The profile to erase was erased meanwhile."""
+
+
+def identifier_hash(kind: str, value: str) -> str:
+    return hashlib.sha256(f"{kind}:{value}".encode()).hexdigest()
+
+
 async def erase(conn: DbConnection, survivor: str, at: datetime) -> Erasure:
     """Delete everything held about the person of `survivor` (a live profile): identifiers,
     touchpoints, conflicts and the state of every profile of the family, whose rows stay as
-    erased markers. Takes the locks events take, in the same order; raises Contended when an
-    identifier was added meanwhile."""
+    erased markers; the identifiers are logged as hashes (for rebuilds). Takes the locks events
+    take, in the same order, then checks nothing moved while it waited: Contended when the
+    family or its identifiers changed, ProfileMoved or ProfileErased for the profile itself."""
     members = await family(conn, survivor)
     keys = [
         (r["kind"], r["value"])
@@ -363,16 +381,21 @@ async def erase(conn: DbConnection, survivor: str, at: datetime) -> Erasure:
         )
     ]
     await lock_identifiers(conn, keys)
-    await conn.execute(
-        "SELECT 1 FROM profiles WHERE profile_id = ANY($1::text[]) ORDER BY profile_id "
-        "FOR NO KEY UPDATE",
+    rows = await conn.fetch(
+        "SELECT profile_id, merged_into, erased_at FROM profiles "
+        "WHERE profile_id = ANY($1::text[]) ORDER BY profile_id FOR NO KEY UPDATE",
         members,
     )
-    now_held = await conn.fetchval(
-        "SELECT count(*) FROM identifiers WHERE profile_id = ANY($1::text[])", members
+    target = next(r for r in rows if r["profile_id"] == survivor)
+    if target["erased_at"] is not None:
+        raise ProfileErased(survivor)
+    if target["merged_into"] is not None:
+        raise ProfileMoved(target["merged_into"])
+    held = await conn.fetch(
+        "SELECT kind, value FROM identifiers WHERE profile_id = ANY($1::text[])", members
     )
-    if now_held != len(keys):
-        raise Contended("an identifier joined the profile while erasure waited")
+    if await family(conn, survivor) != members or len(held) != len(keys):
+        raise Contended("the profile changed while erasure waited for it")
     touchpoints = await conn.fetchval(
         "WITH gone AS (DELETE FROM touchpoints WHERE profile_id = ANY($1::text[]) RETURNING 1) "
         "SELECT count(*) FROM gone",
@@ -384,6 +407,11 @@ async def erase(conn: DbConnection, survivor: str, at: datetime) -> Erasure:
         members,
     )
     await conn.execute("DELETE FROM identifiers WHERE profile_id = ANY($1::text[])", members)
+    await conn.executemany(
+        "INSERT INTO erased_identifiers (identifier_hash, erased_at) VALUES ($1, $2) "
+        "ON CONFLICT (identifier_hash) DO UPDATE SET erased_at = excluded.erased_at",
+        [(identifier_hash(kind, value), at) for kind, value in keys],
+    )
     await conn.execute(
         "UPDATE profiles SET traits = '{}', consents = '{}', activity = '{}', contacts = '{}', "
         "last_event_id = NULL, erased_at = $2, updated_at = $2, version = version + 1 "
@@ -392,6 +420,12 @@ async def erase(conn: DbConnection, survivor: str, at: datetime) -> Erasure:
         at,
     )
     return Erasure(profiles=members, identifiers=len(keys), touchpoints=int(touchpoints))
+
+
+async def erasure_log(conn: DbConnection | asyncpg.Pool) -> dict[str, datetime]:
+    """Hashes of erased identifiers, with when they were erased."""
+    rows = await conn.fetch("SELECT identifier_hash, erased_at FROM erased_identifiers")
+    return {r["identifier_hash"]: r["erased_at"] for r in rows}
 
 
 async def export(conn: DbConnection | asyncpg.Pool, survivor: str) -> dict[str, Any]:
