@@ -91,9 +91,6 @@ WRITE_HEADERS = {
     "Authorization": "Basic " + base64.b64encode(b"dev-write-key:").decode(),
 }
 ADMIN_HEADERS = {"Authorization": "Bearer dev-admin-token"}
-# Every touchpoint profile stores leaves two outbox records (resolved touchpoint and snapshot),
-# and loyalty and notify each consume both topics.
-DOWNSTREAM_RECORDS_PER_TOUCHPOINT = 2
 
 
 @dataclass
@@ -237,6 +234,12 @@ class Bench:
         profile, loyalty, notify = self.db["profile"], self.db["loyalty"], self.db["notify"]
         return Progress(
             expected=self.touchpoints_sent,
+            # What profile published, which loyalty and notify each consume: a resolved
+            # touchpoint per touchpoint, and a snapshot per profile version (merges add some).
+            published=await profile.fetchval(
+                "SELECT (SELECT count(*) FROM touchpoints) + "
+                "(SELECT coalesce(sum(version), 0) FROM profiles)"
+            ),
             profile=await profile.fetchval("SELECT count(*) FROM processed_events"),
             outbox=await profile.fetchval("SELECT count(*) FROM outbox"),
             loyalty=await loyalty.fetchval("SELECT count(*) FROM processed_events"),
@@ -537,18 +540,18 @@ class Progress:
     """How far the pipeline got; true once it has caught up with everything sent."""
 
     expected: int
+    published: int
     profile: int
     outbox: int
     loyalty: int
     notify: int
 
     def __bool__(self) -> bool:
-        downstream = self.expected * DOWNSTREAM_RECORDS_PER_TOUCHPOINT
         return (
             self.profile == self.expected
             and self.outbox == 0
-            and self.loyalty == downstream
-            and self.notify == downstream
+            and self.loyalty == self.published
+            and self.notify == self.published
         )
 
 
@@ -701,7 +704,8 @@ def how_to_read(bench: Bench, cpus: int) -> list[str]:
         lines.append(
             f"- While profile worked through its {profile.events} touchpoints it used "
             f"{use.get('profile', 0.0):.1f} CPU seconds, and loyalty and notify, consuming the "
-            f"two records it emits per touchpoint at the same time, used {downstream:.1f}: the "
+            "records it emits (a resolved touchpoint and a snapshot per touchpoint, plus a "
+            f"snapshot per merged profile) at the same time, used {downstream:.1f}: the "
             "per-record cost of the consumers (a transaction, an offset commit, two log lines "
             "per record) is paid by each service, and here they all share the same CPUs."
         )
