@@ -414,8 +414,15 @@ async def export_profile(request: Request, profile_id: str) -> Any:
     found = await _live(request, profile_id, "/export")
     if isinstance(found, JSONResponse):
         return found
-    held = await store.export(runtime_of(request).db, profile_id)
-    return JSONResponse(jsonable_encoder({"profile": _view(found), **held}))
+    # One snapshot of the database for every part of the export.
+    async with (
+        runtime_of(request).db.acquire() as conn,
+        conn.transaction(isolation="repeatable_read", readonly=True),
+    ):
+        row = await store.find_profile(conn, profile_id)
+        held = await store.export(conn, profile_id)
+    assert row is not None
+    return JSONResponse(jsonable_encoder({"profile": _view(row), **held}))
 
 
 @router.delete(
