@@ -76,6 +76,19 @@ def _admin(request: Request) -> None:
         raise HTTPException(403, "only the admin role may erase")
 
 
+# The answers of every route about one profile, besides its own.
+ONE_PROFILE: dict[int | str, dict[str, Any]] = {
+    308: {
+        "description": "merged into another profile: follow Location",
+        "content": {
+            "application/json": {"example": {"merged_into": "5b0e5b4e-8f3a-4c1e-9d52-0f6f3b1a2c7d"}}
+        },
+    },
+    404: {"description": "no such profile"},
+    410: {"description": "the profile was erased"},
+    401: {"description": "no or unknown bearer token"},
+}
+
 router = APIRouter(
     prefix="/v1", tags=["profiles"], dependencies=[Depends(_authorised), Depends(_no_nul)]
 )
@@ -169,19 +182,7 @@ async def lookup(
     summary="A profile by id",
     description="A profile that was merged into another answers 308 with the survivor's URL "
     "in Location (and its id in the body), so an old id keeps working.",
-    responses={
-        200: {"content": {"application/json": {"example": EXAMPLE}}},
-        308: {
-            "description": "merged into another profile: follow Location",
-            "content": {
-                "application/json": {
-                    "example": {"merged_into": "5b0e5b4e-8f3a-4c1e-9d52-0f6f3b1a2c7d"}
-                }
-            },
-        },
-        404: {"description": "no such profile"},
-        401: {"description": "no or unknown bearer token"},
-    },
+    responses={200: {"content": {"application/json": {"example": EXAMPLE}}}, **ONE_PROFILE},
 )
 async def by_id(request: Request, profile_id: str) -> Any:
     found = await _live(request, profile_id, "")
@@ -278,9 +279,7 @@ TIMELINE_EXAMPLE = {
     "answers 308 to the survivor's timeline.",
     responses={
         200: {"content": {"application/json": {"example": TIMELINE_EXAMPLE}}},
-        308: {"description": "merged into another profile: follow Location"},
-        404: {"description": "no such profile"},
-        401: {"description": "no or unknown bearer token"},
+        **ONE_PROFILE,
         422: {"description": "a parameter is not valid (e.g. a cursor this API did not give)"},
     },
 )
@@ -371,9 +370,7 @@ class IdentityHistory(BaseModel):
                 }
             }
         },
-        308: {"description": "merged into another profile: follow Location"},
-        404: {"description": "no such profile"},
-        401: {"description": "no or unknown bearer token"},
+        **ONE_PROFILE,
     },
 )
 async def identity_history(request: Request, profile_id: str) -> Any:
@@ -404,10 +401,7 @@ async def identity_history(request: Request, profile_id: str) -> Any:
                 }
             }
         },
-        308: {"description": "merged into another profile: follow Location"},
-        404: {"description": "no such profile"},
-        410: {"description": "the profile was erased"},
-        401: {"description": "no or unknown bearer token"},
+        **ONE_PROFILE,
     },
 )
 async def export_profile(request: Request, profile_id: str) -> Any:
