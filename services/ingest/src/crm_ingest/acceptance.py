@@ -122,13 +122,20 @@ def _count_fits(count: int, max_events: int) -> None:
         raise BatchTooLarge(f"the batch has {count} events; the limit is {max_events}")
 
 
+def _all_valid(body: bytes) -> list[Any] | None:
+    """The events of a JSON array, when every one is a valid contract; else None."""
+    try:
+        return _BATCH_ADAPTER.validate_json(body, context=json_context(body))
+    except ValidationError:
+        return None
+
+
 def check_batch(body: bytes, max_events: int, rules: Rules, now: datetime) -> list[Outcome]:
     """Accept (pending the broker) or reject each event of a batch, as `check_event` would one
     by one. A batch whose events are all valid contracts is validated in one call; otherwise each
     event is checked on its own, so every one gets its own answer."""
-    try:
-        events = _BATCH_ADAPTER.validate_json(body, context=json_context(body))
-    except ValidationError:
+    events = _all_valid(body)
+    if events is None:
         raws = split_batch(body, max_events)
         return [check_event(raw, i, rules, now) for i, raw in enumerate(raws)]
     _count_fits(len(events), max_events)
@@ -140,10 +147,8 @@ def check_many(
 ) -> list[Outcome]:
     """`check_event` for each of `raws` (JSON objects, e.g. translated provider messages), the
     outcomes numbered by `indexes`; validated in one call while all are valid contracts."""
-    body = b"[" + b",".join(raws) + b"]"
-    try:
-        events = _BATCH_ADAPTER.validate_json(body, context=json_context(body))
-    except ValidationError:
+    events = _all_valid(b"[" + b",".join(raws) + b"]")
+    if events is None:
         return [check_event(raw, i, rules, now) for i, raw in zip(indexes, raws, strict=True)]
     return [vet(event, i, rules, now) for i, event in zip(indexes, events, strict=True)]
 

@@ -82,19 +82,19 @@ def touchpoint_effects(runtime: Runtime) -> Any:
         await store.attach_identifiers(conn, target, resolution.attach)
         if resolution.attach and not resolution.created:
             changes.append("identifiers")
+        merged_rows = []
+        for merged, (kind, _) in resolution.merged:
+            merged_rows.append(await store.merge_into(conn, target, merged, now))
+            await store.record_merge(conn, target, merged, kind, event.source, event.id)
+        # Read once, after the merges: the survivor with every identifier moved to it.
         current = await store.lock_profile(conn, target)
         traits, consents = dict(current.traits), dict(current.consents)
         activity, contacts = current.activity, current.contacts
-        merged_rows = []
-        for merged, (kind, _) in resolution.merged:
-            loser = await store.find_profile(conn, merged)
-            assert loser is not None
+        for loser in merged_rows:  # their state as it was: a merge only marks them merged
             merge_latest(traits, loser.traits)
             merge_latest(consents, loser.consents)
             activity = merge_activity(activity, loser.activity)
             contacts = merge_contacts(contacts, loser.contacts)
-            merged_rows.append(await store.merge_into(conn, target, merged, now))
-            await store.record_merge(conn, target, merged, kind, event.source, event.id)
         if resolution.merged:
             changes.append("merged")
             log.info(
@@ -124,7 +124,6 @@ def touchpoint_effects(runtime: Runtime) -> Any:
         if contacts_changed:
             changes.append("contact")
         changes.append("activity")
-        current = await store.lock_profile(conn, target)  # with the identifiers merged in
         saved = await store.save_profile(
             conn,
             current,
