@@ -13,7 +13,7 @@ import asyncpg
 import pytest
 from aiokafka import AIOKafkaProducer, ConsumerRecord
 
-from crm_shared.consumer import IdempotentConsumer, decode_json_event
+from crm_shared.consumer import IdempotentConsumer, decode_json_event, one_by_one
 from crm_shared.contracts import DEADLETTER, TOUCHPOINT_ADAPTER, TOUCHPOINTS
 from crm_shared.contracts.examples import example_event
 from crm_shared.database import DbConnection, create_pool, migrate, plumbing_migrations
@@ -38,7 +38,7 @@ class Harness:
             name=f"test.{uuid.uuid4().hex[:6]}",
             topic=TOUCHPOINTS.full_name(self.settings.topic_prefix),
             decode=decode_json_event(TOUCHPOINT_ADAPTER),
-            apply=apply,
+            apply=one_by_one(apply),
             pool=self.pool,
             producer=self.producer,
             relay=self.relay,
@@ -183,3 +183,66 @@ async def test_an_unreadable_key_or_value_is_dead_lettered_not_looped(
         endpoints.bootstrap, DEADLETTER.full_name(harness.settings.topic_prefix), at_least=1
     )
     assert b"invalid JSON" in dict(dead[0].headers[1:])["error"]
+
+
+async def test_a_batch_commits_in_one_transaction_and_a_repeated_event_counts_once(
+    harness: Harness,
+) -> None:
+    transactions: list[int] = []
+
+    async def effects(conn: DbConnection, event: Any) -> Sequence[OutgoingRecord]:
+        transactions.append(await conn.fetchval("SELECT txid_current()"))
+        return [OutgoingRecord("x", None, event.id.encode(), {})]
+
+    topic = TOUCHPOINTS.full_name(harness.settings.topic_prefix)
+    ids = [str(uuid.uuid4()) for _ in range(3)]
+    values = [
+        json.dumps(example_event("crm.touchpoint.web.signed_up", event_id=i)).encode() for i in ids
+    ]
+    await harness.consumer(effects).handle_batch(
+        [record(topic, v, []) for v in [*values, values[0]]]
+    )
+    assert len(transactions) == 3, "the copy of the first event is not applied again"
+    assert len(set(transactions)) == 1, "one transaction for the batch"
+    async with harness.pool.acquire() as conn:
+        queued = [r[0] for r in await conn.fetch("SELECT value FROM outbox ORDER BY id")]
+        assert await conn.fetchval("SELECT count(*) FROM processed_events") == 3
+    assert queued == [i.encode() for i in ids], "queued once each, in the batch's order"
+
+
+async def test_a_failing_record_in_a_batch_is_dead_lettered_alone_and_the_rest_commit(
+    harness: Harness, endpoints: Endpoints
+) -> None:
+    """The batch fails as a whole; its records are then tried one by one, so the failing one is
+    retried and dead-lettered and every other one is applied exactly once."""
+    poison = str(uuid.uuid4())
+
+    async def effects(conn: DbConnection, event: Any) -> Sequence[OutgoingRecord]:
+        if event.id == poison:
+            raise ValueError("no tier named 'platinum'")
+        return [OutgoingRecord("x", None, event.id.encode(), {})]
+
+    topic = TOUCHPOINTS.full_name(harness.settings.topic_prefix)
+    ids = [str(uuid.uuid4()), poison, str(uuid.uuid4())]
+    records = [
+        record(
+            topic,
+            json.dumps(example_event("crm.touchpoint.web.signed_up", event_id=i)).encode(),
+            [],
+        )
+        for i in ids
+    ]
+    undecodable = record(topic, b"{not json", [])
+    await harness.consumer(effects).handle_batch([records[0], undecodable, *records[1:]])
+
+    async with harness.pool.acquire() as conn:
+        queued = [r[0] for r in await conn.fetch("SELECT value FROM outbox ORDER BY id")]
+        claimed = await conn.fetchval("SELECT count(*) FROM processed_events")
+    assert queued == [ids[0].encode(), ids[2].encode()]
+    assert claimed == 2
+    dead = await read_topic(
+        endpoints.bootstrap, DEADLETTER.full_name(harness.settings.topic_prefix), at_least=2
+    )
+    reasons = sorted(dict(d.headers)["error_class"] for d in dead)
+    assert reasons == [b"ValidationError", b"ValueError"]
+    assert [dict(d.headers)["attempts"] for d in dead if d.value != b"{not json"] == [b"3"]

@@ -1,9 +1,10 @@
 """The idempotent consumer every service uses for every topic it reads.
 
-For each record: decode it (undecodable: straight to the dead letters); then, in one database
-transaction, claim its event id in `processed_events` (already there: a duplicate, skipped),
-apply its effects and queue the events they emit in the outbox. Only after that commit does
-FastStream commit the Kafka offset. A record whose effects keep failing goes to
+Records come in batches. Each record is decoded (undecodable: straight to the dead letters);
+then, in one database transaction per batch, the event ids are claimed in `processed_events`
+(already there: a duplicate, skipped), the new events' effects are applied in order and the
+events they emit are queued in the outbox. Only after that commit does FastStream commit the
+Kafka offsets. A record whose effects keep failing goes to
 `crm.deadletter.v1` after bounded tries, with the reason in headers, and the partition moves
 on. When the database or the broker is unreachable the record is not dead-lettered: it is
 rewound and tried again, so an outage never turns good records into dead letters.
@@ -96,16 +97,39 @@ class Received(Generic[E]):
 
 Decode = Callable[[ConsumerRecord[bytes, bytes]], Received[E]]
 Apply = Callable[[DbConnection, E], Awaitable[Sequence[OutgoingRecord]]]
+ApplyBatch = Callable[[DbConnection, Sequence[E]], Awaitable[Sequence[OutgoingRecord]]]
+"""Effects of several events, in order, in the caller's transaction (one database round per
+batch instead of per event); the same result as applying them one by one."""
+
+
+def one_by_one(apply: Apply[E]) -> ApplyBatch[E]:
+    """A batch effect function from a per-event one: the events in order, one transaction."""
+
+    async def apply_all(conn: DbConnection, events: Sequence[E]) -> Sequence[OutgoingRecord]:
+        emitted: list[OutgoingRecord] = []
+        for event in events:
+            emitted.extend(await apply(conn, event))
+        return emitted
+
+    return apply_all
+
+
+Decoded = tuple[ConsumerRecord[bytes, bytes], Received[E]]
 
 
 class IdempotentConsumer(Generic[E]):
+    """Reads records in batches (up to `consumer_batch_size`, whatever is buffered) and applies
+    each batch in one transaction. When a batch fails for a reason of its own (not an outage,
+    not a deadlock), its records are tried one by one, so only a record that fails alone is
+    retried and dead-lettered, and the others go through."""
+
     def __init__(
         self,
         *,
         name: str,
         topic: str,
         decode: Decode[E],
-        apply: Apply[E],
+        apply: ApplyBatch[E],
         pool: asyncpg.Pool,
         producer: AIOKafkaProducer,
         relay: OutboxRelay,
@@ -122,44 +146,82 @@ class IdempotentConsumer(Generic[E]):
         self._deadletter_topic = DEADLETTER.full_name(settings.topic_prefix)
 
     def subscribe(self, broker: KafkaBroker, group_id: str) -> None:
-        """Register with FastStream: offsets are committed only after `handle` returns."""
+        """Register with FastStream: offsets are committed only after `handle_batch` returns;
+        when it raises, every partition of the batch is rewound to its first record."""
 
-        async def on_message(message: KafkaMessage) -> None:
-            await self.handle(message.raw_message)
+        async def on_batch(message: KafkaMessage) -> None:
+            raw = message.raw_message
+            await self.handle_batch(raw if isinstance(raw, tuple) else (raw,))
 
         broker.subscriber(
             self.topic,
             group_id=group_id,
             auto_offset_reset="earliest",
             ack_policy=AckPolicy.NACK_ON_ERROR,
-        )(on_message)
+            batch=True,
+            max_records=self._settings.consumer_batch_size,
+            batch_timeout_ms=self._settings.consumer_batch_wait_ms,
+            fetch_max_wait_ms=self._settings.consumer_fetch_max_wait_ms,
+        )(on_batch)
 
     async def handle(self, record: ConsumerRecord[bytes, bytes]) -> None:
-        try:
-            received = self._decode(record)
-        except ValidationError as exc:
-            await self._dead_letter(record, summary(exc), type(exc).__name__, attempts=1)
-            return
-        except Exception as exc:  # whatever else makes a record unreadable: no retry helps
-            await self._dead_letter(record, str(exc) or repr(exc), type(exc).__name__, attempts=1)
-            return
+        await self.handle_batch((record,))
 
+    async def handle_batch(self, records: Sequence[ConsumerRecord[bytes, bytes]]) -> None:
+        decoded: list[Decoded[E]] = []
+        for record in records:
+            try:
+                decoded.append((record, self._decode(record)))
+            except ValidationError as exc:
+                await self._dead_letter(record, summary(exc), type(exc).__name__, attempts=1)
+            except Exception as exc:  # whatever else makes a record unreadable: no retry helps
+                await self._dead_letter(
+                    record, str(exc) or repr(exc), type(exc).__name__, attempts=1
+                )
+        if len(decoded) == 1:
+            await self._handle_one(*decoded[0])
+        elif decoded and not await self._apply_together(decoded):
+            for record, received in decoded:
+                await self._handle_one(record, received)
+
+    async def _apply_together(self, decoded: list[Decoded[E]]) -> bool:
+        """The batch in one transaction, retried in place on deadlocks; False when it failed
+        for a reason that may be one record's (then the caller tries them one by one)."""
+        delay = self._settings.consumer_retry_backoff_s
+        transient_tries = 0
+        while True:
+            try:
+                fresh = await self._apply_once([received for _, received in decoded])
+            except Exception as exc:
+                if unavailable(exc) or (transient(exc) and transient_tries >= TRANSIENT_TRIES):
+                    await self._pause_for_outage(exc, decoded[0][0])
+                    raise
+                if transient(exc):
+                    transient_tries += 1
+                    await asyncio.sleep(delay * transient_tries)
+                    continue
+                log.warning(
+                    "batch failed; its records are tried one by one",
+                    consumer=self.name,
+                    records=len(decoded),
+                    error_class=type(exc).__name__,
+                )
+                return False
+            self._count(fresh, len(decoded))
+            return True
+
+    async def _handle_one(
+        self, record: ConsumerRecord[bytes, bytes], received: Received[E]
+    ) -> None:
         attempts = self._settings.consumer_max_attempts
         delay = self._settings.consumer_retry_backoff_s
         attempt = transient_tries = 0
         while True:
             try:
-                fresh = await self._apply_once(received)
+                fresh = await self._apply_once([received])
             except Exception as exc:
                 if unavailable(exc) or (transient(exc) and transient_tries >= TRANSIENT_TRIES):
-                    log.warning(
-                        "dependency unavailable; record will be retried",
-                        consumer=self.name,
-                        error_class=type(exc).__name__,
-                        offset=record.offset,
-                    )
-                    # Rewound and fetched again at once: pause so an outage is no busy loop.
-                    await asyncio.sleep(max(delay, UNAVAILABLE_PAUSE_S))
+                    await self._pause_for_outage(exc, record)
                     raise
                 if transient(exc):  # a deadlock or serialization failure: not the record's fault
                     transient_tries += 1
@@ -180,30 +242,61 @@ class IdempotentConsumer(Generic[E]):
                 RECORDS.labels(self._settings.service_name, self.name, "retried").inc()
                 await asyncio.sleep(delay * 2 ** (attempt - 1))
                 continue
-            RECORDS.labels(
-                self._settings.service_name, self.name, "processed" if fresh else "duplicate"
-            ).inc()
+            self._count(fresh, 1)
             return
 
-    async def _apply_once(self, received: Received[E]) -> bool:
-        """One transaction: claim the event id, apply, queue outgoing events. False: duplicate."""
+    async def _pause_for_outage(
+        self, exc: BaseException, record: ConsumerRecord[bytes, bytes]
+    ) -> None:
+        log.warning(
+            "dependency unavailable; records will be retried",
+            consumer=self.name,
+            error_class=type(exc).__name__,
+            partition=record.partition,
+            offset=record.offset,
+        )
+        # Rewound and fetched again at once: pause so an outage is no busy loop.
+        await asyncio.sleep(max(self._settings.consumer_retry_backoff_s, UNAVAILABLE_PAUSE_S))
+
+    def _count(self, fresh: int, handled: int) -> None:
+        service = self._settings.service_name
+        if fresh:
+            RECORDS.labels(service, self.name, "processed").inc(fresh)
+        if handled > fresh:
+            RECORDS.labels(service, self.name, "duplicate").inc(handled - fresh)
+
+    async def _apply_once(self, batch: Sequence[Received[E]]) -> int:
+        """One transaction: claim the event ids, apply the events not seen before (in order,
+        each once), queue what they emit. Returns how many were new."""
         async with self._pool.acquire() as conn, conn.transaction():
-            claimed = await conn.fetchval(
-                "INSERT INTO processed_events (consumer, event_id) VALUES ($1, $2) "
-                "ON CONFLICT DO NOTHING RETURNING true",
-                self.name,
-                received.event_id,
-            )
-            if not claimed:
-                return False
-            await write_outbox(conn, await self._apply(conn, received.event))
+            # Claimed in sorted order, so two consumers claiming the same ids (after a
+            # rebalance) queue behind each other instead of deadlocking.
+            claimed = {
+                r[0]
+                for r in await conn.fetch(
+                    "INSERT INTO processed_events (consumer, event_id) "
+                    "SELECT $1, id FROM unnest($2::text[]) AS id ORDER BY id "
+                    "ON CONFLICT DO NOTHING RETURNING event_id",
+                    self.name,
+                    sorted({received.event_id for received in batch}),
+                )
+            }
+            fresh: list[E] = []
+            for received in batch:
+                if received.event_id in claimed:
+                    claimed.discard(received.event_id)  # a copy later in the batch is a duplicate
+                    fresh.append(received.event)
+            if fresh:
+                await write_outbox(conn, await self._apply(conn, fresh))
         if self._settings.fault_crash_point == "after_db_commit":
             log.warning(
-                "fault injection: SIGKILL after database commit", event_id=received.event_id
+                "fault injection: SIGKILL after database commit",
+                event_ids=[received.event_id for received in batch],
             )
             os.kill(os.getpid(), signal.SIGKILL)
-        self._relay.wake()
-        return True
+        if fresh:
+            self._relay.wake()
+        return len(fresh)
 
     async def _dead_letter(
         self, record: ConsumerRecord[bytes, bytes], reason: str, error_class: str, *, attempts: int

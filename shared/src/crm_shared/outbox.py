@@ -18,11 +18,12 @@ from typing import Any
 
 import asyncpg
 from aiokafka import AIOKafkaProducer
+from aiokafka.errors import KafkaTimeoutError
 from prometheus_client import Counter
 
 from crm_shared.contracts.envelope import CloudEvent
 from crm_shared.database import DbConnection
-from crm_shared.kafka import CLOUDEVENTS_CONTENT_TYPE, OutgoingRecord, publish_all
+from crm_shared.kafka import CLOUDEVENTS_CONTENT_TYPE, OutgoingRecord, publish_each
 from crm_shared.logging import get_logger
 
 log = get_logger(__name__)
@@ -47,9 +48,16 @@ def event_record(topic: str, key: str | None, event: CloudEvent[Any]) -> Outgoin
 async def write_outbox(conn: DbConnection, records: Sequence[OutgoingRecord]) -> None:
     """Queue records for the relay; call inside the transaction that made them true."""
     if records:
-        await conn.executemany(
-            "INSERT INTO outbox (topic, key, value, headers) VALUES ($1, $2, $3, $4)",
-            [(r.topic, r.key, r.value, dict(r.headers)) for r in records],
+        # One statement for the lot; rows keep the given order in their ids.
+        await conn.execute(
+            "INSERT INTO outbox (topic, key, value, headers) "
+            "SELECT topic, key, value, headers "
+            "FROM unnest($1::text[], $2::bytea[], $3::bytea[], $4::jsonb[]) "
+            "WITH ORDINALITY AS r(topic, key, value, headers, n) ORDER BY n",
+            [r.topic for r in records],
+            [r.key for r in records],
+            [r.value for r in records],
+            [dict(r.headers) for r in records],
         )
 
 
@@ -65,6 +73,7 @@ class OutboxRelay:
         batch_size: int = 500,
         poll_interval_s: float = 0.5,
         crash_after_publish: bool = False,
+        publish_timeout_s: float = 30.0,
     ) -> None:
         self._pool = pool
         self._producer = producer
@@ -72,6 +81,7 @@ class OutboxRelay:
         self._batch_size = batch_size
         self._poll_interval_s = poll_interval_s
         self._crash_after_publish = crash_after_publish
+        self._publish_timeout_s = publish_timeout_s
         self._wakeup = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
 
@@ -121,7 +131,14 @@ class OutboxRelay:
             )
             if not rows:
                 return 0
-            await publish_all(self._producer, _records(rows))
+            acknowledged = await publish_each(
+                self._producer, _records(rows), timeout=self._publish_timeout_s
+            )
+            if not all(acknowledged):
+                # The rows stay and go again (with the same event ids) in a later round.
+                raise KafkaTimeoutError(
+                    f"{acknowledged.count(False)} of {len(rows)} outbox records not acknowledged"
+                )
             if self._crash_after_publish:
                 log.warning("fault injection: SIGKILL after outbox publish")
                 os.kill(os.getpid(), signal.SIGKILL)

@@ -21,7 +21,7 @@ from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, Histogram, generate_latest
 from starlette.middleware.base import BaseHTTPMiddleware, RequestResponseEndpoint
 
-from crm_shared.consumer import Apply, Decode, IdempotentConsumer
+from crm_shared.consumer import Apply, ApplyBatch, Decode, IdempotentConsumer, one_by_one
 from crm_shared.contracts.topics import Topic
 from crm_shared.database import Migration, apply_migrations, create_pool
 from crm_shared.kafka import create_broker, create_producer, ping
@@ -64,7 +64,7 @@ class ConsumerSpec:
     name: str
     topic: Topic
     decode: Decode[Any]
-    apply: Callable[[Runtime], Apply[Any]]
+    apply: Callable[[Runtime], ApplyBatch[Any]]
 
 
 METRICS_EXAMPLE = (
@@ -164,7 +164,20 @@ class Service:
     def consume(
         self, name: str, topic: Topic, decode: Decode[Any], apply: Callable[[Runtime], Apply[Any]]
     ) -> None:
-        """Read `topic` with the idempotent consumer; `apply` builds the effect function."""
+        """Read `topic` with the idempotent consumer; `apply` builds the per-event effect
+        function (a batch still commits in one transaction)."""
+        self._consumer_specs.append(
+            ConsumerSpec(name, topic, decode, lambda runtime: one_by_one(apply(runtime)))
+        )
+
+    def consume_batches(
+        self,
+        name: str,
+        topic: Topic,
+        decode: Decode[Any],
+        apply: Callable[[Runtime], ApplyBatch[Any]],
+    ) -> None:
+        """Like `consume`, with an effect function that takes a whole batch of events."""
         self._consumer_specs.append(ConsumerSpec(name, topic, decode, apply))
 
     @asynccontextmanager

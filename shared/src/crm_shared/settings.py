@@ -83,10 +83,31 @@ class StatefulSettings(ServiceSettings):
     consumer_retry_backoff_s: float = Field(
         default=0.2, gt=0, description="first pause between tries; doubles each time"
     )
+    consumer_batch_size: int = Field(
+        default=500,
+        ge=1,
+        description="most records a consumer applies in one database transaction",
+    )
+    consumer_batch_wait_ms: int = Field(
+        default=50,
+        ge=1,
+        description="how long a consumer waits for records when none are buffered",
+    )
+    consumer_fetch_max_wait_ms: int = Field(
+        default=100,
+        ge=1,
+        le=60_000,
+        description=(
+            "longest a fetch waits at the broker for new records; Apache Kafka answers as soon "
+            "as one arrives, other Kafka-protocol brokers may hold the fetch this long"
+        ),
+    )
     outbox_poll_interval_s: float = Field(
         default=0.5, gt=0, description="how often the relay looks for unpublished outbox rows"
     )
-    outbox_batch_size: int = Field(default=500, ge=1, description="outbox rows published per round")
+    outbox_batch_size: int = Field(
+        default=2000, ge=1, description="outbox rows published per round"
+    )
 
 
 class ApiSettings(StatefulSettings):
