@@ -219,10 +219,11 @@ async def partition_in(conn: DbConnection) -> set[frozenset[IdentifierKey]]:
 def test_the_graph_in_postgresql_matches_the_model_over_random_sequences(
     endpoints: Endpoints, databases: Databases
 ) -> None:
-    """Each sequence goes through profile's own effect function, in a transaction per event as
-    the consumer runs it, on a real database; the identifiers grouped by live profile must be
-    the model's groups, with as many merges, the same conflicts and no identifier left on a
-    merged-away profile. (Synchronous, with its own event loop: hypothesis drives it.)"""
+    """Each sequence goes through profile's own effect function, in batches of random sizes, a
+    transaction per batch as the consumer runs them, on a real database; the identifiers grouped
+    by live profile must be the model's groups (applied one event at a time), with as many
+    merges, the same conflicts and no identifier left on a merged-away profile. (Synchronous,
+    with its own event loop: hypothesis drives it.)"""
     loop = asyncio.new_event_loop()
     url = loop.run_until_complete(databases.create("graph"))
     loop.run_until_complete(migrate(url, profile_migrations()))
@@ -244,16 +245,20 @@ def test_the_graph_in_postgresql_matches_the_model_over_random_sequences(
     runtime = Runtime(settings=settings_, producer=loop.run_until_complete(unstarted_producer()))
     apply = touchpoint_effects(runtime)
 
-    async def run(sequence: list[list[IdentifierKey]]) -> None:
+    async def run(sequence: list[tuple[list[IdentifierKey], bool]]) -> None:
         await conn.execute(
             "TRUNCATE identity_conflicts, merges, touchpoints, identifiers, profiles"
         )
         model = Graph(RULES)
-        for keys in sequence:
+        batch: list[Any] = []
+        for n, (keys, batch_ends) in enumerate(sequence, start=1):
             event = as_event(keys)
-            model.apply(event.data.identities.pairs())
-            async with conn.transaction():
-                await apply(conn, event)
+            model.apply(event.data.identities.pairs())  # one event at a time
+            batch.append(event)
+            if batch_ends or n == len(sequence):
+                async with conn.transaction():
+                    await apply(conn, batch)
+                batch = []
         assert await partition_in(conn) == {
             frozenset(p.identifiers) for p in model.profiles.values()
         }
@@ -270,8 +275,10 @@ def test_the_graph_in_postgresql_matches_the_model_over_random_sequences(
         deadline=None,
         suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
     )
-    @given(st.lists(linking_event, min_size=1, max_size=25))
-    def check(sequence: list[list[IdentifierKey]]) -> None:
+    # Each event may end a batch: the consumer applies batches of any size in one transaction,
+    # and the result must be the same as one event at a time.
+    @given(st.lists(st.tuples(linking_event, st.booleans()), min_size=1, max_size=25))
+    def check(sequence: list[tuple[list[IdentifierKey], bool]]) -> None:
         loop.run_until_complete(run(sequence))
 
     try:
@@ -423,7 +430,7 @@ async def test_a_resolution_waiting_on_a_merge_starts_again_on_the_survivor(
         for attempt in range(1, 10):
             try:
                 async with conn.transaction():
-                    await apply(conn, incoming)
+                    await apply(conn, [incoming])
                 return attempt
             except Contended:
                 continue
@@ -435,7 +442,7 @@ async def test_a_resolution_waiting_on_a_merge_starts_again_on_the_survivor(
             await resolve_with_retries(conn1, event(2, phone="+37060000009", device_id="x"))
             transaction = conn1.transaction()
             await transaction.start()
-            await apply(conn1, event(3, email="e@x.org", phone="+37060000009"))  # the merge
+            await apply(conn1, [event(3, email="e@x.org", phone="+37060000009")])  # the merge
             second = asyncio.create_task(
                 resolve_with_retries(conn2, event(4, device_id="x", anonymous_id="z"))
             )

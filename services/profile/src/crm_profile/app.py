@@ -23,7 +23,7 @@ def build(settings: ProfileSettings | None = None) -> Service:
         description="Identity resolution and the unified customer profile.",
         migrations=migrations(),
     )
-    service.consume(
+    service.consume_batches(
         "profile.touchpoints",
         TOUCHPOINTS,
         decode_json_event(TOUCHPOINT_ADAPTER),

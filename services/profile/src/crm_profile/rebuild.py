@@ -3,10 +3,11 @@
     CRM_DATABASE_URL=postgresql://.../crm_profile_rebuilt crm-profile rebuild
 
 The target database must hold no profiles yet (it is migrated first). Every record is applied
-as the live consumer applies it, each in its own transaction and claimed in processed_events
-under the live consumer's name, so the service can later run on the rebuilt database without
-handling anything twice. Nothing is published: the live database already did. Records that
-are not valid touchpoints are skipped and counted (the live consumer dead-lettered them).
+as the live consumer applies it, in batches of `CRM_CONSUMER_BATCH_SIZE` a transaction, and
+claimed in processed_events under the live consumer's name, so the service can later run on
+the rebuilt database without handling anything twice. Nothing is published: the live database
+already did. Records that are not valid touchpoints are skipped and counted (the live consumer
+dead-lettered them).
 
 The topic must still hold every touchpoint: its retention (retention.ms, retention.bytes) has
 to be unlimited, or at least longer than the history profiles should keep. It then also holds
@@ -96,6 +97,40 @@ async def rebuild(
             )
         apply = touchpoint_effects(Runtime(settings=settings, producer=producer))
         report = Report()
+        pending: list[Any] = []
+
+        async def flush() -> None:
+            """The pending events in one transaction, as the live consumer applies a batch
+            (claimed under its name; what they would publish is dropped)."""
+            for _ in range(CONTENDED_TRIES):
+                try:
+                    async with pool.acquire() as conn, conn.transaction():
+                        claimed = {
+                            r[0]
+                            for r in await conn.fetch(
+                                "INSERT INTO processed_events (consumer, event_id) "
+                                "SELECT $1, unnest($2::text[]) "
+                                "ON CONFLICT DO NOTHING RETURNING event_id",
+                                CONSUMER,
+                                sorted({dedupe_key(event) for event in pending}),
+                            )
+                        }
+                        fresh = []
+                        for event in pending:
+                            if dedupe_key(event) in claimed:
+                                claimed.discard(dedupe_key(event))
+                                fresh.append(event)
+                        if fresh:
+                            await apply(conn, fresh)
+                    break
+                except Contended:
+                    continue
+            else:
+                raise RuntimeError("a batch kept meeting concurrent changes")
+            report.applied += len(fresh)
+            report.duplicates += len(pending) - len(fresh)
+            pending.clear()
+
         async for record in _every_record(settings, idle_s=idle_s):
             report.records += 1
             try:
@@ -108,26 +143,11 @@ async def rebuild(
             if _erased(event, record, forgotten):
                 report.forgotten += 1
                 continue
-            for _ in range(CONTENDED_TRIES):
-                try:
-                    async with pool.acquire() as conn, conn.transaction():
-                        claimed = await conn.fetchval(
-                            "INSERT INTO processed_events (consumer, event_id) VALUES ($1, $2) "
-                            "ON CONFLICT DO NOTHING RETURNING true",
-                            CONSUMER,
-                            dedupe_key(event),
-                        )
-                        if claimed:
-                            await apply(conn, event)  # what it would publish is dropped
-                    break
-                except Contended:
-                    continue
-            else:
-                raise RuntimeError(f"record {record.offset} kept meeting concurrent changes")
-            if claimed:
-                report.applied += 1
-            else:
-                report.duplicates += 1
+            pending.append(event)
+            if len(pending) >= settings.consumer_batch_size:
+                await flush()
+        if pending:
+            await flush()
         return report
     finally:
         await pool.close()

@@ -3,18 +3,21 @@
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import asyncpg
 
 from crm_profile.domain.activity import Activity, Contacts
-from crm_profile.domain.resolution import Conflict, IdentifierKey, KnownProfile
+from crm_profile.domain.resolution import IdentifierKey
 from crm_profile.domain.state import Consents, Traits
 from crm_shared.consumer import Contended
 from crm_shared.database import DbConnection
+
+if TYPE_CHECKING:
+    from crm_profile.batch import Writes
 
 
 @dataclass(frozen=True)
@@ -54,179 +57,117 @@ async def owners(conn: DbConnection, keys: Sequence[IdentifierKey]) -> dict[Iden
     return {(r["kind"], r["value"]): r["profile_id"] for r in rows}
 
 
-async def lock_owners(conn: DbConnection, profile_ids: Sequence[str]) -> dict[str, KnownProfile]:
-    """Lock the live profiles that own the event's identifiers, in profile id order (the fixed
-    order every transaction takes, so two never deadlock), and describe them. NO KEY UPDATE:
+async def lock_owners(conn: DbConnection, profile_ids: Iterable[str]) -> dict[str, ProfileRow]:
+    """Lock the live profiles that own the batch's identifiers, in profile id order (the fixed
+    order every transaction takes, so two never deadlock), and read them. NO KEY UPDATE:
     attaching an identifier elsewhere only takes KEY SHARE, which does not wait for it."""
+    wanted = sorted(set(profile_ids))
+    if not wanted:
+        return {}
     rows = await conn.fetch(
-        "SELECT profile_id, created_at, merged_into, erased_at FROM profiles "
-        "WHERE profile_id = ANY($1::text[]) ORDER BY profile_id FOR NO KEY UPDATE",
-        sorted(set(profile_ids)),
+        "SELECT * FROM profiles WHERE profile_id = ANY($1::text[]) "
+        "ORDER BY profile_id FOR NO KEY UPDATE",
+        wanted,
     )
-    if len(rows) != len(set(profile_ids)) or any(r["merged_into"] or r["erased_at"] for r in rows):
+    if len(rows) != len(wanted) or any(r["merged_into"] or r["erased_at"] for r in rows):
         raise Contended("an owner was merged away or erased while this transaction waited")
-    held: dict[str, set[IdentifierKey]] = {r["profile_id"]: set() for r in rows}
+    held: dict[str, list[IdentifierKey]] = {pid: [] for pid in wanted}
     for r in await conn.fetch(
-        "SELECT kind, value, profile_id FROM identifiers WHERE profile_id = ANY($1::text[])",
-        list(held),
+        "SELECT kind, value, profile_id FROM identifiers WHERE profile_id = ANY($1::text[]) "
+        "ORDER BY kind, value",
+        wanted,
     ):
-        held[r["profile_id"]].add((r["kind"], r["value"]))
-    return {
-        r["profile_id"]: KnownProfile(
-            r["profile_id"], r["created_at"], frozenset(held[r["profile_id"]])
+        held[r["profile_id"]].append((r["kind"], r["value"]))
+    return {r["profile_id"]: _row(r, held[r["profile_id"]]) for r in rows}
+
+
+async def save_batch(conn: DbConnection, writes: Writes, at: datetime) -> None:
+    """Store what a batch of touchpoints did, a statement per table whatever the batch size.
+    The caller holds the locks `lock_identifiers` and `lock_owners` took."""
+    if writes.created:
+        await conn.execute(
+            "INSERT INTO profiles (profile_id, version, created_at, updated_at) "
+            "SELECT id, 0, created, $3 "
+            "FROM unnest($1::text[], $2::timestamptz[]) AS n(id, created)",
+            [d.profile_id for d in writes.created],
+            [d.created_at for d in writes.created],
+            at,
         )
-        for r in rows
-    }
-
-
-async def merge_into(conn: DbConnection, survivor: str, merged: str, at: datetime) -> ProfileRow:
-    """Move everything of `merged` to `survivor` (identifiers, touchpoints, what was merged
-    into it before) and mark it merged; returns `merged` as it now stands (version bumped)."""
+    if writes.moved:
+        losers, survivors = list(writes.moved), list(writes.moved.values())
+        for table, column in (
+            ("identifiers", "profile_id"),
+            ("touchpoints", "profile_id"),
+            # Chains stay one step long: what was merged into a loser points at its survivor.
+            ("profiles", "merged_into"),
+        ):
+            await conn.execute(
+                f"UPDATE {table} AS t SET {column} = m.survivor "
+                "FROM unnest($1::text[], $2::text[]) AS m(loser, survivor) "
+                f"WHERE t.{column} = m.loser",
+                losers,
+                survivors,
+            )
+    changed = writes.changed
     await conn.execute(
-        "UPDATE identifiers SET profile_id = $1 WHERE profile_id = $2", survivor, merged
-    )
-    await conn.execute(
-        "UPDATE touchpoints SET profile_id = $1 WHERE profile_id = $2", survivor, merged
-    )
-    # Shorten chains: whatever pointed at the merged profile now points at the survivor.
-    await conn.execute(
-        "UPDATE profiles SET merged_into = $1 WHERE merged_into = $2", survivor, merged
-    )
-    row = await conn.fetchrow(
-        "UPDATE profiles SET merged_into = $1, version = version + 1, updated_at = $3 "
-        "WHERE profile_id = $2 RETURNING *",
-        survivor,
-        merged,
+        "UPDATE profiles AS p SET version = p.version + 1, traits = c.traits, "
+        "consents = c.consents, activity = c.activity, contacts = c.contacts, "
+        "last_event_id = c.last_event_id, merged_into = c.merged_into, updated_at = $8 "
+        "FROM unnest($1::text[], $2::jsonb[], $3::jsonb[], $4::jsonb[], $5::jsonb[], "
+        "$6::text[], $7::text[]) "
+        "AS c(id, traits, consents, activity, contacts, last_event_id, merged_into) "
+        "WHERE p.profile_id = c.id",
+        [d.profile_id for d in changed],
+        [d.traits for d in changed],
+        [d.consents for d in changed],
+        [d.activity for d in changed],
+        [d.contacts for d in changed],
+        [d.last_event_id for d in changed],
+        [d.merged_into for d in changed],
         at,
     )
-    if row is None:
-        raise LookupError(f"profile {merged} does not exist")
-    return await _with_identifiers(conn, row)
-
-
-async def record_merge(
-    conn: DbConnection, survivor: str, merged: str, linked_by: str, source: str, event_id: str
-) -> None:
+    if writes.new_identifiers:
+        keys = sorted(writes.new_identifiers)
+        await conn.execute(
+            "INSERT INTO identifiers (kind, value, profile_id) "
+            "SELECT * FROM unnest($1::text[], $2::text[], $3::text[])",
+            [k for k, _ in keys],
+            [v for _, v in keys],
+            [writes.new_identifiers[k] for k in keys],
+        )
+    touchpoints = writes.touchpoints
     await conn.execute(
-        "INSERT INTO merges (survivor, merged, linked_by, event_source, event_id) "
-        "VALUES ($1, $2, $3, $4, $5)",
-        survivor,
-        merged,
-        linked_by,
-        source,
-        event_id,
+        "INSERT INTO touchpoints (source, event_id, profile_id, type, channel, event_time, event) "
+        "SELECT s, i, p, t, c, w, e::jsonb FROM unnest($1::text[], $2::text[], $3::text[], "
+        "$4::text[], $5::text[], $6::timestamptz[], $7::text[]) AS n(s, i, p, t, c, w, e) "
+        "ON CONFLICT (source, event_id) DO NOTHING",
+        [t.source for t in touchpoints],
+        [t.event_id for t in touchpoints],
+        [t.profile_id for t in touchpoints],
+        [t.type for t in touchpoints],
+        [t.channel for t in touchpoints],
+        [t.event_time for t in touchpoints],
+        [t.event_json for t in touchpoints],
     )
-
-
-async def record_conflicts(
-    conn: DbConnection, profile_id: str, conflicts: Sequence[Conflict], source: str, event_id: str
-) -> None:
-    if conflicts:
+    if writes.merges:
+        await conn.executemany(
+            "INSERT INTO merges (survivor, merged, linked_by, event_source, event_id) "
+            "VALUES ($1, $2, $3, $4, $5)",
+            [
+                (m.survivor, m.merged, m.linked_by, m.event_source, m.event_id)
+                for m in writes.merges
+            ],
+        )
+    if writes.conflicts:
         await conn.executemany(
             "INSERT INTO identity_conflicts "
             "(profile_id, other_profile, kind, value, rule, event_source, event_id) "
             "VALUES ($1, $2, $3, $4, $5, $6, $7)",
             [
-                (profile_id, c.owner, c.identifier[0], c.identifier[1], c.rule, source, event_id)
-                for c in conflicts
+                (c.profile_id, c.other_profile, c.kind, c.value, c.rule, c.event_source, c.event_id)
+                for c in writes.conflicts
             ],
         )
-
-
-async def create_profile(
-    conn: DbConnection, profile_id: str, *, first_seen: datetime, at: datetime
-) -> None:
-    """A new, empty profile; `created_at` is the event time of the touchpoint that made it."""
-    await conn.execute(
-        "INSERT INTO profiles (profile_id, version, created_at, updated_at) VALUES ($1, 0, $2, $3)",
-        profile_id,
-        first_seen,
-        at,
-    )
-
-
-async def attach_identifiers(
-    conn: DbConnection, profile_id: str, keys: Sequence[IdentifierKey]
-) -> None:
-    if keys:
-        await conn.execute(
-            "INSERT INTO identifiers (kind, value, profile_id) "
-            "SELECT kind, value, $3 FROM unnest($1::text[], $2::text[]) AS k(kind, value)",
-            [k for k, _ in keys],
-            [v for _, v in keys],
-            profile_id,
-        )
-
-
-async def lock_profile(conn: DbConnection, profile_id: str) -> ProfileRow:
-    # NO KEY UPDATE, not UPDATE: inserting an identifier takes KEY SHARE on its profile (the
-    # foreign key), which FOR UPDATE would conflict with and deadlock two instances.
-    row = await conn.fetchrow(
-        "SELECT * FROM profiles WHERE profile_id = $1 FOR NO KEY UPDATE", profile_id
-    )
-    if row is None:
-        raise LookupError(f"profile {profile_id} does not exist")
-    return await _with_identifiers(conn, row)
-
-
-async def save_profile(
-    conn: DbConnection,
-    current: ProfileRow,
-    *,
-    traits: Traits,
-    consents: Consents,
-    activity: Activity,
-    contacts: Contacts,
-    last_event_id: str,
-    at: datetime,
-) -> ProfileRow:
-    """Store the new state and bump the version; returns the profile as saved."""
-    version: int = await conn.fetchval(
-        "UPDATE profiles SET version = version + 1, traits = $2, consents = $3, "
-        "activity = $4, contacts = $5, last_event_id = $6, updated_at = $7 "
-        "WHERE profile_id = $1 RETURNING version",
-        current.profile_id,
-        traits,
-        consents,
-        activity,
-        contacts,
-        last_event_id,
-        at,
-    )
-    return replace(
-        current,
-        version=version,
-        traits=traits,
-        consents=consents,
-        activity=activity,
-        contacts=contacts,
-        last_event_id=last_event_id,
-        updated_at=at,
-    )
-
-
-async def record_touchpoint(
-    conn: DbConnection,
-    *,
-    source: str,
-    event_id: str,
-    profile_id: str,
-    type_: str,
-    channel: str,
-    event_time: datetime,
-    event: dict[str, Any],
-) -> None:
-    await conn.execute(
-        "INSERT INTO touchpoints (source, event_id, profile_id, type, channel, event_time, event) "
-        "VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (source, event_id) DO NOTHING",
-        source,
-        event_id,
-        profile_id,
-        type_,
-        channel,
-        event_time,
-        event,
-    )
 
 
 async def find_profile(conn: DbConnection | asyncpg.Pool, profile_id: str) -> ProfileRow | None:
@@ -251,6 +192,10 @@ async def _with_identifiers(conn: DbConnection | asyncpg.Pool, row: asyncpg.Reco
         "SELECT kind, value FROM identifiers WHERE profile_id = $1 ORDER BY kind, value",
         row["profile_id"],
     )
+    return _row(row, [(k["kind"], k["value"]) for k in keys])
+
+
+def _row(row: asyncpg.Record, identifiers: list[IdentifierKey]) -> ProfileRow:
     return ProfileRow(
         profile_id=row["profile_id"],
         version=row["version"],
@@ -263,7 +208,7 @@ async def _with_identifiers(conn: DbConnection | asyncpg.Pool, row: asyncpg.Reco
         last_event_id=row["last_event_id"],
         created_at=row["created_at"],
         updated_at=row["updated_at"],
-        identifiers=[(k["kind"], k["value"]) for k in keys],
+        identifiers=identifiers,
     )
 
 
