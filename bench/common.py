@@ -28,6 +28,7 @@ if str(ROOT) not in sys.path:
 from tests.support import (  # noqa: E402
     Endpoints,
     InfrastructureUnavailable,
+    database_url,
     environment_endpoints,
     local_endpoints,
 )
@@ -324,3 +325,53 @@ def write_section(name: str, text: str) -> None:
     else:
         updated = f"{RESULTS_TITLE}\n\n{RESULTS_INTRO}\n\n{block}\n"
     RESULTS.write_text(updated)
+
+
+# --- databases of a run ---------------------------------------------------------------------------
+async def create_database(server_url: str, label: str) -> tuple[str, str]:
+    """A new, empty database on the server: (its name, its URL)."""
+    import asyncpg  # only the benchmarks that use a database need it loaded
+
+    name = f"bench_{label}_{uuid.uuid4().hex[:8]}"
+    conn = await asyncpg.connect(server_url)
+    try:
+        await conn.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        await conn.close()
+    return name, database_url(server_url, name)
+
+
+async def drop_databases(server_url: str, names: Sequence[str]) -> None:
+    import asyncpg
+
+    if not names:
+        return
+    conn = await asyncpg.connect(server_url)
+    try:
+        for name in names:
+            await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    finally:
+        await conn.close()
+
+
+async def postgres_facts(server_url: str) -> tuple[dict[str, str], int | None]:
+    """The server's version and durability settings (they change commit cost by an order of
+    magnitude), and its postmaster's pid when it runs on this machine (for CPU accounting)."""
+    import asyncpg
+
+    conn = await asyncpg.connect(server_url)
+    try:
+        version = await conn.fetchval("SELECT version()")
+        durability = {
+            name: await conn.fetchval(f"SHOW {name}") for name in ("fsync", "synchronous_commit")
+        }
+        # Our backend's parent is the postmaster (looked up while the backend still runs).
+        backend = await conn.fetchval("SELECT pg_backend_pid()")
+        fields = stat_fields(backend) if comm(backend) == "postgres" else None
+    finally:
+        await conn.close()
+    facts = {
+        "PostgreSQL": str(version),
+        "PostgreSQL durability": ", ".join(f"{k}={v}" for k, v in durability.items()),
+    }
+    return facts, int(fields[1]) if fields is not None else None

@@ -1,0 +1,567 @@
+"""bench/profile: how many touchpoints per second profile resolves and stores, and how long a
+touchpoint takes from ingest's 2xx to its profile's snapshot on `crm.profiles.v1`, printed and
+written to its section of bench/RESULTS.md.
+
+    .venv/bin/python bench/profile     # or `make bench-profile`, which starts the infrastructure
+
+Throughput: profile processes (one, then two, as instances in one consumer group) on a fresh
+database and fresh topics. A warm-up stream builds the population's profiles first (20,000
+people, 40,000 touchpoints, see `people.py`); then the measured touchpoints are published at once
+onto `crm.touchpoints.v1` and the clock runs until every one is claimed in the database and the
+outbox is empty (everything profile emits is on the broker). The merges among them are counted
+in the database.
+
+Latency: one ingest and one profile process; touchpoints are posted to ingest at a steady rate
+(1,000 events/s by default, in batches of 10 every 10 ms) while the bench reads
+`crm.profiles.v1` and `crm.touchpoints.resolved.v1`. A touchpoint's latency runs from the 2xx of
+its request to the arrival of the first snapshot of its profile that includes it (that is, whose
+`last_event_id` is it or a later touchpoint of that profile).
+
+Endpoints come from CRM_KAFKA_BOOTSTRAP / CRM_DATABASE_URL, else from `scripts/localinfra.py up`.
+Topics and databases get a run prefix and are deleted at the end.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import contextlib
+import json
+import os
+import random
+import shutil
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+# A script has only its own folder on sys.path: add bench/ (for `common`) and the repository (for
+# the helpers the tests use, in tests/).
+sys.path[:0] = [str(Path(__file__).resolve().parents[1]), str(Path(__file__).resolve().parents[2])]
+
+import asyncpg  # noqa: E402
+import httpx  # noqa: E402
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition  # noqa: E402
+from aiokafka.admin import AIOKafkaAdminClient  # noqa: E402
+from people import Person, population, touchpoints  # noqa: E402
+from tests.support import (  # noqa: E402
+    Endpoints,
+    ServiceProcess,
+    free_port,
+    service_env,
+    wait_until,
+)
+
+from common import (  # noqa: E402
+    BenchFailure,
+    CpuGroups,
+    as_records,
+    children_of,
+    cpu_count,
+    create_database,
+    describe,
+    drop_databases,
+    endpoints_from_environment,
+    fixed,
+    git_revision,
+    host_facts,
+    local_broker_pid,
+    machine_busy_seconds,
+    percentile,
+    postgres_facts,
+    write_section,
+)
+from crm_shared.contracts import PROFILES, TOUCHPOINTS, TOUCHPOINTS_RESOLVED  # noqa: E402
+from crm_shared.kafka import create_topics, publish_each  # noqa: E402
+
+COMMAND = ".venv/bin/python bench/profile"
+RESULTS_NAME = "bench/RESULTS.md"
+PARTITIONS = 12  # the production default (CRM_TOPIC_PARTITIONS)
+AUTHORIZATION = "Basic " + base64.b64encode(b"dev-write-key:").decode()
+# The aims the issue sets, on the 2-CPU machine these runs are made on.
+AIM_EVENTS_PER_S = 10_000
+AIM_P99_MS = 250.0
+LATENCY_BATCH = 10
+UNLIMITED = {"CRM_RATE_LIMIT_EVENTS_PER_S": "100000000", "CRM_RATE_LIMIT_BURST": "100000000"}
+
+
+@dataclass
+class Throughput:
+    instances: int
+    events: int
+    wall_s: float
+    merges: int
+    conflicts: int
+    profiles: int
+    cpu_s: dict[str, float]
+
+    @property
+    def rate(self) -> float:
+        return self.events / self.wall_s
+
+
+@dataclass
+class Latency:
+    rate: int
+    events: int
+    accepted: int
+    latencies_ms: list[float]
+    batch_records: list[int]
+    cpu_s: dict[str, float]
+
+    def quantile(self, p: float) -> float:
+        return percentile(self.latencies_ms, p)
+
+
+@dataclass
+class Run:
+    endpoints: Endpoints
+    args: argparse.Namespace
+    work: Path
+    prefix: str = field(default_factory=lambda: f"bench-profile-{uuid.uuid4().hex[:8]}-")
+    databases: list[str] = field(default_factory=list)
+    processes: list[ServiceProcess] = field(default_factory=list)
+    throughput: list[Throughput] = field(default_factory=list)
+    latency: Latency | None = None
+    machine: dict[str, str] = field(default_factory=dict)
+    postmaster: int | None = None
+
+    async def fresh(self, label: str) -> tuple[str, str]:
+        """New topics and a new database for one measurement: (topic prefix, database URL)."""
+        prefix = f"{self.prefix}{label}."
+        await create_topics(self.endpoints.bootstrap, prefix=prefix, partitions=PARTITIONS)
+        name, url = await create_database(self.endpoints.database_server, "profile")
+        self.databases.append(name)
+        return prefix, url
+
+    def env(self, prefix: str, url: str | None = None) -> dict[str, str]:
+        env = {**service_env(self.endpoints, prefix, url), **UNLIMITED}
+        # The tests shorten these for speed; the figures describe the shipped defaults.
+        env.pop("CRM_OUTBOX_POLL_INTERVAL_S", None)
+        env.pop("CRM_CONSUMER_RETRY_BACKOFF_S", None)
+        return env
+
+    def start(self, module: str, env: dict[str, str], label: str) -> ServiceProcess:
+        process = ServiceProcess(module, env, free_port(), self.work / f"{label}.log")
+        process.start()
+        self.processes.append(process)
+        return process
+
+    def stop(self) -> None:
+        for process in self.processes:
+            process.stop()
+        self.processes = []
+
+    def cpu_groups(self, services: dict[str, list[ServiceProcess]]) -> CpuGroups:
+        groups = CpuGroups()
+        for name, processes in services.items():
+            groups.groups[name] = fixed([p.process.pid for p in processes if p.process])
+        if self.postmaster is not None:
+            root = self.postmaster
+            groups.groups["postgres"] = lambda: [root, *children_of(root)]
+        broker = local_broker_pid()
+        if broker is not None:
+            groups.groups["broker"] = fixed([broker])
+        groups.groups["bench"] = fixed([os.getpid()])
+        return groups
+
+
+# --- throughput ----------------------------------------------------------------------------------
+async def progress(conn: asyncpg.Connection) -> tuple[int, int]:
+    claimed = await conn.fetchval("SELECT count(*) FROM processed_events")
+    queued = await conn.fetchval("SELECT count(*) FROM outbox")
+    return int(claimed), int(queued)
+
+
+async def drained(conn: asyncpg.Connection, expected: int, timeout: float, what: str) -> None:
+    """Poll until `expected` touchpoints are claimed and the outbox is empty."""
+    deadline = time.monotonic() + timeout
+    while True:
+        claimed, queued = await progress(conn)
+        if claimed >= expected and queued == 0:
+            return
+        if time.monotonic() > deadline:
+            raise BenchFailure(
+                f"{what}: {claimed} of {expected} touchpoints claimed, {queued} outbox rows "
+                f"left after {timeout:.0f} s"
+            )
+        await asyncio.sleep(0.05)
+
+
+async def publish(bootstrap: str, records: Any) -> None:
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=5)
+    await producer.start()
+    try:
+        acknowledged = await publish_each(producer, records, timeout=120)
+    finally:
+        await producer.stop()
+    if not all(acknowledged):
+        raise BenchFailure(f"{acknowledged.count(False)} touchpoints not acknowledged")
+
+
+async def measure_throughput(run: Run, instances: int, people: list[Person]) -> Throughput:
+    args = run.args
+    rng = random.Random(args.seed + instances)
+    prefix, url = await run.fresh(f"t{instances}")
+    topic = TOUCHPOINTS.full_name(prefix)
+    warmup = as_records([event for _, event in touchpoints(people, args.warmup, rng)], topic)
+    measured = as_records([event for _, event in touchpoints(people, args.events, rng)], topic)
+    profiles = [
+        run.start("crm_profile", run.env(prefix, url), f"profile-t{instances}-{n}")
+        for n in range(instances)
+    ]
+    try:
+        await asyncio.gather(*(p.wait_ready() for p in profiles))
+        conn = await asyncpg.connect(url)
+        try:
+            print(f"bench: {instances} profile instance(s): warm-up, {len(warmup):,} touchpoints")
+            await publish(run.endpoints.bootstrap, warmup)
+            await drained(conn, len(warmup), args.timeout, "warm-up")
+            merges_before = await conn.fetchval("SELECT count(*) FROM merges")
+            conflicts_before = await conn.fetchval("SELECT count(*) FROM identity_conflicts")
+            groups = run.cpu_groups({"profile": profiles})
+            cpu_before, busy_before = groups.sample(), machine_busy_seconds()
+            started = time.monotonic()
+            await publish(run.endpoints.bootstrap, measured)
+            await drained(conn, len(warmup) + len(measured), args.timeout, "measured")
+            wall = time.monotonic() - started
+            cpu = CpuGroups.delta(cpu_before, groups.sample(), machine_busy_seconds() - busy_before)
+            merges = await conn.fetchval("SELECT count(*) FROM merges") - merges_before
+            conflicts = (
+                await conn.fetchval("SELECT count(*) FROM identity_conflicts") - conflicts_before
+            )
+            live = await conn.fetchval("SELECT count(*) FROM profiles WHERE merged_into IS NULL")
+            dead = await conn.fetchval("SELECT count(*) FROM outbox")  # zero, by `drained`
+            assert dead == 0
+        finally:
+            await conn.close()
+    finally:
+        run.stop()
+    result = Throughput(instances, len(measured), wall, merges, conflicts, live, cpu)
+    print(
+        f"bench:   {result.rate:,.0f} touchpoints/s ({result.events:,} in {wall:.1f} s), "
+        f"{merges:,} merges ({merges / result.events:.1%}), CPU {fmt_cpu(cpu)}"
+    )
+    return result
+
+
+# --- latency -------------------------------------------------------------------------------------
+@dataclass
+class Watched:
+    snapshots: list[tuple[float, str, str]] = field(default_factory=list)
+    """(arrival, profile id, last_event_id) of every snapshot, as read."""
+    resolved: dict[str, list[str]] = field(default_factory=dict)
+    """Per profile id, its touchpoints' ids in the order profile applied them."""
+
+
+async def watch(bootstrap: str, prefix: str, watched: Watched, stop: asyncio.Event) -> None:
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=bootstrap,
+        enable_auto_commit=False,
+        auto_offset_reset="earliest",
+        fetch_max_wait_ms=50,
+    )
+    await consumer.start()
+    try:
+        snapshots, resolved = PROFILES.full_name(prefix), TOUCHPOINTS_RESOLVED.full_name(prefix)
+        consumer.assign(
+            [TopicPartition(t, p) for t in (snapshots, resolved) for p in range(PARTITIONS)]
+        )
+        while not stop.is_set():
+            batch = await consumer.getmany(timeout_ms=50)
+            arrival = time.monotonic()
+            for tp, records in batch.items():
+                for record in records:
+                    if record.value is None or record.key is None:
+                        continue
+                    value = json.loads(record.value)
+                    if tp.topic == snapshots:
+                        data = value["data"]
+                        watched.snapshots.append(
+                            (arrival, data["profile_id"], data.get("last_event_id") or "")
+                        )
+                    else:
+                        watched.resolved.setdefault(record.key.decode(), []).append(value["id"])
+    finally:
+        await consumer.stop()
+
+
+def latencies(acknowledged: dict[str, float], watched: Watched, counted: set[str]) -> list[float]:
+    """Each counted touchpoint's time from its 2xx to the first snapshot that includes it."""
+    position = {
+        event_id: (profile_id, n)
+        for profile_id, ids in watched.resolved.items()
+        for n, event_id in enumerate(ids)
+    }
+    reached: dict[str, int] = {}  # per profile: how many of its touchpoints a snapshot showed
+    found: list[float] = []
+    for arrival, profile_id, last_event_id in watched.snapshots:
+        if last_event_id not in position or position[last_event_id][0] != profile_id:
+            continue  # a merged-away profile's last snapshot names the survivor's touchpoint
+        upto = position[last_event_id][1] + 1
+        for event_id in watched.resolved[profile_id][reached.get(profile_id, 0) : upto]:
+            if event_id in counted and event_id in acknowledged:
+                found.append((arrival - acknowledged[event_id]) * 1000)
+        reached[profile_id] = max(reached.get(profile_id, 0), upto)
+    return found
+
+
+async def measure_latency(run: Run, people: list[Person]) -> Latency:
+    args = run.args
+    rng = random.Random(args.seed)
+    prefix, url = await run.fresh("latency")
+    ingest = run.start("crm_ingest", run.env(prefix), "ingest-latency")
+    profile = run.start("crm_profile", run.env(prefix, url), "profile-latency")
+    watched, stop = Watched(), asyncio.Event()
+    try:
+        await asyncio.gather(ingest.wait_ready(), profile.wait_ready())
+        watcher = asyncio.create_task(watch(run.endpoints.bootstrap, prefix, watched, stop))
+        interval = LATENCY_BATCH / args.rate
+        warmup_batches = int(args.latency_warmup_s / interval)
+        batches = warmup_batches + int(args.latency_s / interval)
+        events = [event for _, event in touchpoints(people, batches * LATENCY_BATCH, rng)]
+        counted = {e["id"] for e in events[warmup_batches * LATENCY_BATCH :]}
+        acknowledged: dict[str, float] = {}
+        groups = run.cpu_groups({"ingest": [ingest], "profile": [profile]})
+        print(
+            f"bench: latency: {args.rate:,} touchpoints/s for {args.latency_s:.0f} s "
+            f"(after {args.latency_warmup_s:.0f} s of warm-up), batches of {LATENCY_BATCH}"
+        )
+        async with httpx.AsyncClient(
+            base_url=ingest.url,
+            headers={"Authorization": AUTHORIZATION},
+            limits=httpx.Limits(max_connections=64),
+            timeout=30,
+        ) as client:
+
+            async def post(chunk: list[dict[str, Any]]) -> None:
+                response = await client.post(
+                    "/v1/events",
+                    content=json.dumps(chunk).encode(),
+                    headers={"Content-Type": "application/cloudevents-batch+json"},
+                )
+                if response.status_code < 300:
+                    done = time.monotonic()
+                    for event in chunk:
+                        acknowledged[event["id"]] = done
+
+            cpu_before, busy_before = groups.sample(), machine_busy_seconds()
+            started = time.monotonic()
+            posts = []
+            for n in range(batches):
+                await asyncio.sleep(max(0.0, started + n * interval - time.monotonic()))
+                chunk = events[n * LATENCY_BATCH : (n + 1) * LATENCY_BATCH]
+                posts.append(asyncio.create_task(post(chunk)))
+            await asyncio.gather(*posts)
+            cpu = CpuGroups.delta(cpu_before, groups.sample(), machine_busy_seconds() - busy_before)
+
+        def all_seen() -> bool:
+            return len(latencies(acknowledged, watched, counted)) >= len(
+                counted & acknowledged.keys()
+            )
+
+        with contextlib.suppress(AssertionError):  # counted below, with what was not seen
+            await wait_until(all_seen, timeout=60, interval=0.2, what="every snapshot")
+        stop.set()
+        await watcher
+        batch_records = await batch_sizes(url)
+    finally:
+        stop.set()
+        run.stop()
+    found = latencies(acknowledged, watched, counted)
+    accepted = len(counted & acknowledged.keys())
+    if len(found) < accepted:
+        raise BenchFailure(f"{accepted - len(found)} accepted touchpoints never reached a snapshot")
+    result = Latency(args.rate, len(counted), accepted, found, batch_records, cpu)
+    print(
+        f"bench:   p50 {result.quantile(50):.0f} ms, p99 {result.quantile(99):.0f} ms, "
+        f"max {max(found):.0f} ms over {len(found):,} touchpoints"
+    )
+    return result
+
+
+async def batch_sizes(url: str) -> list[int]:
+    """How many touchpoints each of profile's transactions claimed (they share `now()`)."""
+    conn = await asyncpg.connect(url)
+    try:
+        rows = await conn.fetch(
+            "SELECT count(*) FROM processed_events GROUP BY processed_at ORDER BY processed_at"
+        )
+    finally:
+        await conn.close()
+    return [int(r[0]) for r in rows]
+
+
+# --- the run -------------------------------------------------------------------------------------
+async def bench(run: Run) -> None:
+    args = run.args
+    facts, run.postmaster = await postgres_facts(run.endpoints.database_server)
+    run.machine = {
+        **host_facts(),
+        "Broker": "Tansu, in memory (scripts/localinfra.py)"
+        if local_broker_pid() is not None
+        else f"Kafka at {run.endpoints.bootstrap}",
+        **facts,
+        "Partitions": str(PARTITIONS),
+    }
+    people = population(args.people, random.Random(args.seed))
+    for instances in args.instances:
+        run.throughput.append(await measure_throughput(run, instances, people))
+    if args.latency_s > 0:
+        run.latency = await measure_latency(run, people)
+
+
+async def cleanup(run: Run) -> None:
+    admin = AIOKafkaAdminClient(bootstrap_servers=run.endpoints.bootstrap)
+    await admin.start()
+    try:
+        ours = [t for t in await admin.list_topics() if t.startswith(run.prefix)]
+        if ours:
+            await admin.delete_topics(ours)
+    finally:
+        await admin.close()
+    await drop_databases(run.endpoints.database_server, run.databases)
+
+
+# --- the report ----------------------------------------------------------------------------------
+def fmt_cpu(cpu: dict[str, float]) -> str:
+    return ", ".join(f"{name} {seconds:.1f} s" for name, seconds in cpu.items())
+
+
+def render(run: Run, started: datetime, total_s: float) -> str:
+    args = run.args
+    lines = [
+        "## bench/profile",
+        "",
+        f"Run `{COMMAND}` (`make bench-profile`) at {started:%Y-%m-%d %H:%M} UTC on revision "
+        f"{git_revision()}, {total_s:.0f} s in all.",
+        "",
+        "| Machine | |",
+        "|---|---|",
+        *(f"| {k} | {v} |" for k, v in run.machine.items()),
+        "",
+        "### Throughput: touchpoints resolved and stored",
+        "",
+        f"{args.people:,} people (several identifiers each, see `bench/profile/people.py`); a "
+        f"warm-up of {args.warmup:,} touchpoints builds their profiles, then {args.events:,} "
+        "more are published at once and timed until every one is claimed in the database and "
+        "the outbox is empty. Aim: "
+        f"{AIM_EVENTS_PER_S:,} touchpoints/s.",
+        "",
+        "| Profile instances | Touchpoints/s | Merges among them | Refused links | "
+        "Live profiles after | CPU s (per group) | Aim |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for t in run.throughput:
+        met = "met" if t.rate >= AIM_EVENTS_PER_S else "not met"
+        lines.append(
+            f"| {t.instances} | {t.rate:,.0f} | {t.merges:,} ({t.merges / t.events:.1%}) | "
+            f"{t.conflicts:,} | {t.profiles:,} | {fmt_cpu(t.cpu_s)} | {met} |"
+        )
+    if run.throughput:
+        best = max(run.throughput, key=lambda t: t.rate)
+        used = sum(v for k, v in best.cpu_s.items() if k != "other")
+        lines += [
+            "",
+            f"With {best.instances} instance(s) the machine's {cpu_count()} CPUs were "
+            f"{used / (best.wall_s * cpu_count()):.0%} busy with the run; per touchpoint that is "
+            + ", ".join(
+                f"{name} {seconds / best.events * 1e6:.0f} µs"
+                for name, seconds in best.cpu_s.items()
+            )
+            + " of CPU.",
+        ]
+    if run.latency is not None:
+        lat = run.latency
+        sizes = lat.batch_records
+        met = "met" if lat.quantile(99) < AIM_P99_MS else "not met"
+        lines += [
+            "",
+            "### Latency: ingest's 2xx to the snapshot on `crm.profiles.v1`",
+            "",
+            f"One ingest and one profile process; {lat.rate:,} touchpoints/s posted in batches of "
+            f"{LATENCY_BATCH} for {args.latency_s:.0f} s after {args.latency_warmup_s:.0f} s of "
+            f"warm-up; {lat.accepted:,} of {lat.events:,} counted touchpoints accepted.",
+            "",
+            "| p50 | p90 | p99 | max | Aim (p99 < 250 ms) |",
+            "|---|---|---|---|---|",
+            f"| {lat.quantile(50):.0f} ms | {lat.quantile(90):.0f} ms | {lat.quantile(99):.0f} ms "
+            f"| {max(lat.latencies_ms):.0f} ms | {met} |",
+            "",
+            f"Profile committed {len(sizes):,} transactions, {percentile(sizes, 50)} touchpoints "
+            f"in the median one and {max(sizes)} in the largest. CPU: {fmt_cpu(lat.cpu_s)}.",
+        ]
+    lines += [
+        "",
+        "How to read it:",
+        "- Everything runs on this one machine: the profile processes, PostgreSQL, the broker and "
+        "the bench share its CPUs, so the CPU figures say where the time went.",
+        "- The broker is Tansu keeping data in memory, not a replicated Apache Kafka cluster, and "
+        "PostgreSQL runs with the durability settings above.",
+        "- A touchpoint's latency includes ingest's produce, profile's fetch, its transaction, "
+        "the outbox relay's produce and the bench's own fetch (50 ms at most).",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--people", type=int, default=20_000, help="people behind the touchpoints")
+    parser.add_argument("--warmup", type=int, default=40_000, help="touchpoints before measuring")
+    parser.add_argument("--events", type=int, default=50_000, help="touchpoints measured")
+    parser.add_argument(
+        "--instances",
+        type=lambda v: [int(n) for n in v.split(",") if n],
+        default=[1, 2],
+        help="profile processes to measure with, comma separated (default: 1,2)",
+    )
+    parser.add_argument("--rate", type=int, default=1000, help="touchpoints/s for the latency")
+    parser.add_argument("--latency-s", type=float, default=30.0, help="0 skips the latency")
+    parser.add_argument("--latency-warmup-s", type=float, default=5.0)
+    parser.add_argument("--timeout", type=float, default=600.0, help="most seconds to drain")
+    parser.add_argument("--seed", type=int, default=11)
+    parser.add_argument("--keep", action="store_true", help="keep the logs, topics and databases")
+    return parser.parse_args(argv)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    started_at = datetime.now(UTC)
+    started = time.perf_counter()
+    work = Path(tempfile.mkdtemp(prefix="crm-bench-profile-"))
+    run: Run | None = None
+    try:
+        run = Run(endpoints_from_environment(), args, work)
+        asyncio.run(bench(run))
+        write_section("profile", render(run, started_at, time.perf_counter() - started))
+    except Exception as exc:  # any failure ends the run; say what and where to look
+        print(f"bench: FAILED: {describe(exc)}", file=sys.stderr)
+        print(f"bench: the services' logs are in {work}", file=sys.stderr)
+        return 1
+    finally:
+        if run is not None:
+            run.stop()
+            if not args.keep:
+                try:
+                    asyncio.run(cleanup(run))
+                except Exception as exc:  # reported; the run's outcome stands
+                    print(f"bench: could not clean up: {describe(exc)}", file=sys.stderr)
+    if not args.keep:
+        shutil.rmtree(work)
+    print(
+        f"bench: done in {time.perf_counter() - started:.0f} s; wrote its section of {RESULTS_NAME}"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
