@@ -10,6 +10,7 @@ from importlib import resources
 from typing import Any
 
 import asyncpg
+import orjson
 from asyncpg.pool import PoolConnectionProxy
 
 from crm_shared.logging import get_logger
@@ -24,9 +25,20 @@ _MIGRATION_FILE = re.compile(r"^(\d{4})_([a-z0-9_]+)\.sql$")
 _MIGRATION_LOCK = 0x43524D5F4D4947  # "CRM_MIG"
 
 
+def _json_text(value: Any) -> str:
+    """orjson (several times faster than the standard library, which profile's batches feel),
+    with the standard library for what orjson refuses (keys that are not strings, Decimal)."""
+    try:
+        return orjson.dumps(value).decode()
+    except TypeError:
+        return json.dumps(value)
+
+
 async def _init_connection(conn: asyncpg.Connection) -> None:
-    await conn.set_type_codec("jsonb", encoder=json.dumps, decoder=json.loads, schema="pg_catalog")
-    await conn.set_type_codec("json", encoder=json.dumps, decoder=json.loads, schema="pg_catalog")
+    for name in ("jsonb", "json"):
+        await conn.set_type_codec(
+            name, encoder=_json_text, decoder=orjson.loads, schema="pg_catalog"
+        )
 
 
 async def create_pool(url: str, size: int = 10) -> asyncpg.Pool:

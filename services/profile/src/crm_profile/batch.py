@@ -201,9 +201,13 @@ class BatchResolution:
         owners = {k: self._owner[k] for k in keys if k in self._owner}
         known = {pid: self._drafts[pid].known() for pid in set(owners.values())}
         # A new profile is named after the event that makes it and dated by its time, so a
-        # rebuild reading the topic in the same order makes the same profiles.
+        # rebuild reading the topic in the same order makes the same profiles. Only an event
+        # whose strongest identifier has no profile can make one: the name is worked out then.
+        may_make = not keys or keys[0] not in owners
         fresh = KnownProfile(
-            derived_event_id("profile", dedupe_key(event)), event.time, frozenset()
+            derived_event_id("profile", dedupe_key(event)) if may_make else "",
+            event.time,
+            frozenset(),
         )
         resolution = resolve(keys, owners, known, self._rules, fresh)
         target = resolution.profile_id

@@ -48,9 +48,12 @@ async def lock_identifiers(conn: DbConnection, keys: Sequence[IdentifierKey]) ->
 
 
 async def owners(conn: DbConnection, keys: Sequence[IdentifierKey]) -> dict[IdentifierKey, str]:
+    # A lookup by primary key per identifier: joined plainly, the planner guesses an array's
+    # size, and with a batch's hundreds it reads the whole table instead.
     rows = await conn.fetch(
-        "SELECT i.kind, i.value, i.profile_id FROM identifiers AS i "
-        "JOIN unnest($1::text[], $2::text[]) AS k(kind, value) USING (kind, value)",
+        "SELECT k.kind, k.value, i.profile_id "
+        "FROM unnest($1::text[], $2::text[]) AS k(kind, value) CROSS JOIN LATERAL "
+        "(SELECT profile_id FROM identifiers WHERE kind = k.kind AND value = k.value) AS i",
         [k for k, _ in keys],
         [v for _, v in keys],
     )
@@ -101,10 +104,11 @@ async def save_batch(conn: DbConnection, writes: Writes, at: datetime) -> None:
             # Chains stay one step long: what was merged into a loser points at its survivor.
             ("profiles", "merged_into"),
         ):
+            # `= ANY` besides the join: the rows are then found through the column's index.
             await conn.execute(
                 f"UPDATE {table} AS t SET {column} = m.survivor "
                 "FROM unnest($1::text[], $2::text[]) AS m(loser, survivor) "
-                f"WHERE t.{column} = m.loser",
+                f"WHERE t.{column} = ANY($1::text[]) AND t.{column} = m.loser",
                 losers,
                 survivors,
             )
@@ -116,7 +120,7 @@ async def save_batch(conn: DbConnection, writes: Writes, at: datetime) -> None:
         "FROM unnest($1::text[], $2::jsonb[], $3::jsonb[], $4::jsonb[], $5::jsonb[], "
         "$6::text[], $7::text[]) "
         "AS c(id, traits, consents, activity, contacts, last_event_id, merged_into) "
-        "WHERE p.profile_id = c.id",
+        "WHERE p.profile_id = ANY($1::text[]) AND p.profile_id = c.id",
         [d.profile_id for d in changed],
         [d.traits for d in changed],
         [d.consents for d in changed],
