@@ -88,6 +88,7 @@ AUTHORIZATION = "Basic " + base64.b64encode(b"dev-write-key:").decode()
 AIM_EVENTS_PER_S = 10_000
 AIM_P99_MS = 250.0
 LATENCY_BATCH = 10
+LATENCY_WINDOW_S = 5.0
 UNLIMITED = {"CRM_RATE_LIMIT_EVENTS_PER_S": "100000000", "CRM_RATE_LIMIT_BURST": "100000000"}
 
 
@@ -114,6 +115,8 @@ class Latency:
     latencies_ms: list[float]
     batch_records: list[int]
     cpu_s: dict[str, float]
+    p99_by_window: list[float] = field(default_factory=list)
+    """p99 of each `LATENCY_WINDOW_S` of sending: shows whether the tail is steady or spikes."""
 
     def quantile(self, p: float) -> float:
         return percentile(self.latencies_ms, p)
@@ -173,25 +176,33 @@ class Run:
 
 
 # --- throughput ----------------------------------------------------------------------------------
-async def progress(conn: asyncpg.Connection) -> tuple[int, int]:
-    claimed = await conn.fetchval("SELECT count(*) FROM processed_events")
-    queued = await conn.fetchval("SELECT count(*) FROM outbox")
-    return int(claimed), int(queued)
+async def progress(conn: asyncpg.Connection, profiles: list[ServiceProcess]) -> tuple[int, int]:
+    """Touchpoints the processes handled (their own counters: counting the claims in the
+    database would read the whole table on every poll) and outbox rows not yet published."""
+    handled = 0.0
+    for process in profiles:
+        for outcome in ("processed", "duplicate"):
+            handled += await process.metric("crm_consumer_records_total", outcome=outcome)
+    queued = await conn.fetchval("SELECT count(*) FROM (SELECT 1 FROM outbox LIMIT 1) AS o")
+    return int(handled), int(queued)
 
 
-async def drained(conn: asyncpg.Connection, expected: int, timeout: float, what: str) -> None:
-    """Poll until `expected` touchpoints are claimed and the outbox is empty."""
-    deadline = time.monotonic() + timeout
-    while True:
-        claimed, queued = await progress(conn)
-        if claimed >= expected and queued == 0:
-            return
-        if time.monotonic() > deadline:
-            raise BenchFailure(
-                f"{what}: {claimed} of {expected} touchpoints claimed, {queued} outbox rows "
-                f"left after {timeout:.0f} s"
-            )
-        await asyncio.sleep(0.05)
+async def drained(
+    conn: asyncpg.Connection, profiles: list[ServiceProcess], expected: int, timeout: float
+) -> None:
+    """Poll until `expected` touchpoints are handled and the outbox is empty."""
+
+    async def done() -> bool:
+        handled, queued = await progress(conn, profiles)
+        return handled >= expected and queued == 0
+
+    try:
+        await wait_until(done, timeout=timeout, interval=0.1, what="the touchpoints")
+    except AssertionError as exc:
+        handled, queued = await progress(conn, profiles)
+        raise BenchFailure(
+            f"{handled} of {expected} touchpoints handled, outbox rows left: {queued > 0}"
+        ) from exc
 
 
 async def publish(bootstrap: str, records: Any) -> None:
@@ -222,14 +233,14 @@ async def measure_throughput(run: Run, instances: int, people: list[Person]) -> 
         try:
             print(f"bench: {instances} profile instance(s): warm-up, {len(warmup):,} touchpoints")
             await publish(run.endpoints.bootstrap, warmup)
-            await drained(conn, len(warmup), args.timeout, "warm-up")
+            await drained(conn, profiles, len(warmup), args.timeout)
             merges_before = await conn.fetchval("SELECT count(*) FROM merges")
             conflicts_before = await conn.fetchval("SELECT count(*) FROM identity_conflicts")
             groups = run.cpu_groups({"profile": profiles})
             cpu_before, busy_before = groups.sample(), machine_busy_seconds()
             started = time.monotonic()
             await publish(run.endpoints.bootstrap, measured)
-            await drained(conn, len(warmup) + len(measured), args.timeout, "measured")
+            await drained(conn, profiles, len(warmup) + len(measured), args.timeout)
             wall = time.monotonic() - started
             cpu = CpuGroups.delta(cpu_before, groups.sample(), machine_busy_seconds() - busy_before)
             merges = await conn.fetchval("SELECT count(*) FROM merges") - merges_before
@@ -292,22 +303,25 @@ async def watch(bootstrap: str, prefix: str, watched: Watched, stop: asyncio.Eve
         await consumer.stop()
 
 
-def latencies(acknowledged: dict[str, float], watched: Watched, counted: set[str]) -> list[float]:
-    """Each counted touchpoint's time from its 2xx to the first snapshot that includes it."""
+def latencies(
+    acknowledged: dict[str, float], watched: Watched, counted: set[str]
+) -> list[tuple[float, float]]:
+    """Each counted touchpoint's 2xx time and milliseconds from it to the first snapshot that
+    includes it."""
     position = {
         event_id: (profile_id, n)
         for profile_id, ids in watched.resolved.items()
         for n, event_id in enumerate(ids)
     }
     reached: dict[str, int] = {}  # per profile: how many of its touchpoints a snapshot showed
-    found: list[float] = []
+    found: list[tuple[float, float]] = []
     for arrival, profile_id, last_event_id in watched.snapshots:
         if last_event_id not in position or position[last_event_id][0] != profile_id:
             continue  # a merged-away profile's last snapshot names the survivor's touchpoint
         upto = position[last_event_id][1] + 1
         for event_id in watched.resolved[profile_id][reached.get(profile_id, 0) : upto]:
             if event_id in counted and event_id in acknowledged:
-                found.append((arrival - acknowledged[event_id]) * 1000)
+                found.append((acknowledged[event_id], (arrival - acknowledged[event_id]) * 1000))
         reached[profile_id] = max(reached.get(profile_id, 0), upto)
     return found
 
@@ -378,10 +392,16 @@ async def measure_latency(run: Run, people: list[Person]) -> Latency:
     accepted = len(counted & acknowledged.keys())
     if len(found) < accepted:
         raise BenchFailure(f"{accepted - len(found)} accepted touchpoints never reached a snapshot")
-    result = Latency(args.rate, len(counted), accepted, found, batch_records, cpu)
+    result = Latency(args.rate, len(counted), accepted, [ms for _, ms in found], batch_records, cpu)
+    first = min(at for at, _ in found)
+    windows: dict[int, list[float]] = {}
+    for at, ms in found:
+        windows.setdefault(int((at - first) // LATENCY_WINDOW_S), []).append(ms)
+    result.p99_by_window = [percentile(windows[w], 99) for w in sorted(windows)]
     print(
         f"bench:   p50 {result.quantile(50):.0f} ms, p99 {result.quantile(99):.0f} ms, "
-        f"max {max(found):.0f} ms over {len(found):,} touchpoints"
+        f"max {max(result.latencies_ms):.0f} ms over {len(found):,} touchpoints; p99 per "
+        f"{LATENCY_WINDOW_S:.0f} s: {fmt_ms(result.p99_by_window)}"
     )
     return result
 
@@ -430,6 +450,10 @@ async def cleanup(run: Run) -> None:
 
 
 # --- the report ----------------------------------------------------------------------------------
+def fmt_ms(values: list[float]) -> str:
+    return ", ".join(f"{v:.0f}" for v in values) + " ms"
+
+
 def fmt_cpu(cpu: dict[str, float]) -> str:
     return ", ".join(f"{name} {seconds:.1f} s" for name, seconds in cpu.items())
 
@@ -493,6 +517,9 @@ def render(run: Run, started: datetime, total_s: float) -> str:
             "|---|---|---|---|---|",
             f"| {lat.quantile(50):.0f} ms | {lat.quantile(90):.0f} ms | {lat.quantile(99):.0f} ms "
             f"| {max(lat.latencies_ms):.0f} ms | {met} |",
+            "",
+            f"p99 of each {LATENCY_WINDOW_S:.0f} s of sending, in order: "
+            f"{fmt_ms(lat.p99_by_window)}.",
             "",
             f"Profile committed {len(sizes):,} transactions, {percentile(sizes, 50)} touchpoints "
             f"in the median one and {max(sizes)} in the largest. CPU: {fmt_cpu(lat.cpu_s)}.",
