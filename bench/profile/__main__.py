@@ -115,6 +115,7 @@ class Latency:
     latencies_ms: list[float]
     batch_records: list[int]
     cpu_s: dict[str, float]
+    wall_s: float = 0.0
     p99_by_window: list[float] = field(default_factory=list)
     """p99 of each `LATENCY_WINDOW_S` of sending: shows whether the tail is steady or spikes."""
 
@@ -373,6 +374,7 @@ async def measure_latency(run: Run, people: list[Person]) -> Latency:
                 chunk = events[n * LATENCY_BATCH : (n + 1) * LATENCY_BATCH]
                 posts.append(asyncio.create_task(post(chunk)))
             await asyncio.gather(*posts)
+            sending_s = time.monotonic() - started
             cpu = CpuGroups.delta(cpu_before, groups.sample(), machine_busy_seconds() - busy_before)
 
         def all_seen() -> bool:
@@ -392,7 +394,9 @@ async def measure_latency(run: Run, people: list[Person]) -> Latency:
     accepted = len(counted & acknowledged.keys())
     if len(found) < accepted:
         raise BenchFailure(f"{accepted - len(found)} accepted touchpoints never reached a snapshot")
-    result = Latency(args.rate, len(counted), accepted, [ms for _, ms in found], batch_records, cpu)
+    result = Latency(
+        args.rate, len(counted), accepted, [ms for _, ms in found], batch_records, cpu, sending_s
+    )
     first = min(at for at, _ in found)
     windows: dict[int, list[float]] = {}
     for at, ms in found:
@@ -522,7 +526,9 @@ def render(run: Run, started: datetime, total_s: float) -> str:
             f"{fmt_ms(lat.p99_by_window)}.",
             "",
             f"Profile committed {len(sizes):,} transactions, {percentile(sizes, 50)} touchpoints "
-            f"in the median one and {max(sizes)} in the largest. CPU: {fmt_cpu(lat.cpu_s)}.",
+            f"in the median one and {max(sizes)} in the largest. CPU while sending "
+            f"({lat.wall_s:.0f} s): {fmt_cpu(lat.cpu_s)}; the machine's {cpu_count()} CPUs "
+            f"were {sum(lat.cpu_s.values()) / (lat.wall_s * cpu_count()):.0%} busy.",
         ]
     lines += [
         "",
@@ -533,12 +539,13 @@ def render(run: Run, started: datetime, total_s: float) -> str:
         "PostgreSQL runs with the durability settings above.",
         "- A touchpoint's latency includes ingest's produce, profile's fetch, its transaction, "
         "the outbox relay's produce and the bench's own fetch (50 ms at most).",
-        "- The latency tail grows during the run although profile keeps up (about a third of a "
-        "CPU at 1,000 touchpoints/s). Record timestamps of one run put most of the growth "
-        "between ingest's produce and the start of profile's transaction (median 37 ms in the "
-        "first 5 s, 136 ms in the last), the rest between that start and the relay's produce "
-        "(17 to 65 ms); which part is the local broker, which it slows down as topics grow, "
-        "is not separated yet.",
+        "- At 1,000 touchpoints/s posted in small batches the machine is nearly busy: every "
+        "request costs ingest, every small transaction costs PostgreSQL a commit, and the broker "
+        "and the bench take their share. The tail grows as the run goes on. In one run (24 "
+        "November 2026) record timestamps put most of that growth between ingest's produce and "
+        "the start of profile's transaction (median 37 ms in the first 5 s, 136 ms in the last), "
+        "the rest between that start and the relay's produce (17 to 65 ms); how much is the "
+        "local broker, which slows down as its topics grow, is not separated yet.",
         "",
     ]
     return "\n".join(lines)
