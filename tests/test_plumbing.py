@@ -17,7 +17,7 @@ from crm_profile.app import migrations as profile_migrations
 from crm_profile.settings import ProfileSettings
 from crm_shared.contracts import DEADLETTER, TOUCHPOINT_ADAPTER, TOUCHPOINTS, TOUCHPOINTS_RESOLVED
 from crm_shared.contracts.examples import all_examples, example_event
-from crm_shared.database import MigrationError, apply_migrations, migrate
+from crm_shared.database import MigrationError, apply_migrations, create_pool, migrate
 from crm_shared.kafka import (
     CLOUDEVENTS_CONTENT_TYPE,
     OutgoingRecord,
@@ -269,3 +269,22 @@ async def test_a_poison_record_is_dead_lettered_with_its_reason_and_the_partitio
     assert {"source_partition", "source_offset", "time", "error_class", "attempts"} <= h1.keys()
     assert "data.identities: at least one identifier is required" in h2["error"]
     assert second.value == json.dumps(no_identity).encode()
+
+
+async def test_json_columns_round_trip_what_orjson_and_the_standard_library_each_take(
+    databases: Databases,
+) -> None:
+    """The pool's json codec: orjson for the usual documents, the standard library for what
+    orjson refuses (integer keys, integers beyond 64 bits); both read back the same."""
+    url = await databases.create("json")
+    pool = await create_pool(url, 1)
+    try:
+        documents = [
+            {"name": "Ana", "tags": ["a", "ü"], "n": 1.5, "none": None},
+            {1: "integer key"},
+            {"big": 2**70},
+        ]
+        back = [await pool.fetchval("SELECT $1::jsonb", d) for d in documents]
+    finally:
+        await pool.close()
+    assert back == [documents[0], {"1": "integer key"}, {"big": 2**70}]

@@ -27,7 +27,8 @@ _MIGRATION_LOCK = 0x43524D5F4D4947  # "CRM_MIG"
 
 def _json_text(value: Any) -> str:
     """orjson (several times faster than the standard library, which profile's batches feel),
-    with the standard library for what orjson refuses (keys that are not strings, Decimal)."""
+    with the standard library for what orjson refuses: keys that are not strings, integers
+    beyond 64 bits."""
     try:
         return orjson.dumps(value).decode()
     except TypeError:
