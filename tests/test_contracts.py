@@ -189,3 +189,32 @@ def test_json_context_vouches_only_for_documents_without_suspects() -> None:
     assert TOUCHPOINT_ADAPTER.validate_json(raw, context=json_context(raw)).data.properties == {
         "x": 1.5e300
     }
+
+
+def test_configured_identifier_kinds_travel_in_other_and_rank_after_the_built_in_ones() -> None:
+    document = example_event("crm.touchpoint.store.purchase")
+    document["data"]["identities"] = {"other": {"loyalty_card": "LC-7", "club_no": "9"}}
+    event = TOUCHPOINT_ADAPTER.validate_json(json.dumps(document))
+    assert event.data.identities.pairs() == [("club_no", "9"), ("loyalty_card", "LC-7")]
+    assert event.data.identities.strongest() == "club_no:9"
+    document["data"]["identities"]["email"] = "ana@x.org"
+    event = TOUCHPOINT_ADAPTER.validate_json(json.dumps(document))
+    assert event.data.identities.strongest() == "email:ana@x.org"
+
+
+@pytest.mark.parametrize(
+    ("other", "field", "reason_part"),
+    [
+        ({"Loyalty Card": "x"}, "data.identities.other.Loyalty Card.[key]", "pattern"),
+        ({"email": "ana@x.org"}, "data.identities.other", "has its own field"),
+        ({"loyalty_card": ""}, "data.identities.other.loyalty_card", "at least 1"),
+        ({f"k{n}": "v" for n in range(11)}, "data.identities.other", "at most 10"),
+    ],
+)
+def test_bad_configured_identifiers_name_the_field_and_the_reason(
+    other: dict[str, str], field: str, reason_part: str
+) -> None:
+    document = example_event("crm.touchpoint.store.purchase")
+    document["data"]["identities"] = {"customer_id": "c-1", "other": other}
+    errors = errors_of(document)
+    assert any(f == field and reason_part in r for f, r in errors), errors

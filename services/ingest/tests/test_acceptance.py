@@ -246,3 +246,27 @@ def test_a_number_that_is_not_finite_never_becomes_null() -> None:
         for batch in (b"[" + bad + b"]", b"[" + good + b"," + bad + b"]"):
             with pytest.raises(NotABatch, match="invalid JSON"):
                 check_batch(batch, 3, RULES, NOW)
+
+
+def test_identifier_kinds_must_be_configured() -> None:
+    document = example_event("crm.touchpoint.store.purchase")
+    document["data"]["identities"] = {"other": {"loyalty_card": "LC-7", "club_no": "9"}}
+    refused = check_event(raw(document), 0, RULES, NOW)
+    assert refused.status == "rejected"
+    assert refused.errors == [
+        {
+            "field": f"data.identities.other.{kind}",
+            "reason": "is not an identifier kind of this platform (configured: none)",
+        }
+        for kind in ("club_no", "loyalty_card")
+    ]
+    rules = Rules(
+        max_event_bytes=4096,
+        default_phone_region=None,
+        max_future=timedelta(minutes=5),
+        identifier_kinds=frozenset({"loyalty_card", "club_no"}),
+    )
+    accepted = check_event(raw(document), 0, rules, NOW)
+    assert accepted.status == "retry"
+    assert accepted.key == b"club_no:9"
+    assert published(accepted).data.identities.other == {"loyalty_card": "LC-7", "club_no": "9"}

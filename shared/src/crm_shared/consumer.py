@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Generic, TypeVar
@@ -354,6 +354,27 @@ def decode_json_event(adapter: Any) -> Decode[Any]:
         return Received(dedupe_key(event), event)
 
     return decode
+
+
+def decode_touchpoint(identifier_kinds: Iterable[str]) -> Decode[Any]:
+    """A decoder for `crm.touchpoints.v1`: a touchpoint whose identities name a kind this
+    platform was not configured with (CRM_IDENTIFIER_KINDS) is undecodable, as ingest refuses
+    it; from a producer that bypasses ingest it goes to the dead letters with that reason."""
+    allowed = frozenset(identifier_kinds)
+    decode = decode_json_event(TOUCHPOINT_ADAPTER)
+
+    def checked(record: ConsumerRecord[bytes, bytes]) -> Received[Any]:
+        received = decode(record)
+        unknown = sorted(set(received.event.data.identities.other) - allowed)
+        if unknown:
+            configured = ", ".join(sorted(allowed)) or "none"
+            raise Undecodable(
+                f"data.identities.other: {', '.join(unknown)} not identifier kinds of this "
+                f"platform (CRM_IDENTIFIER_KINDS: {configured})"
+            )
+        return received
+
+    return checked
 
 
 def decode_resolved_touchpoint(record: ConsumerRecord[bytes, bytes]) -> Received[Any]:

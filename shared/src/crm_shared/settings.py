@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import re
 from typing import Annotated, ClassVar, Literal
 
-from pydantic import Field, SecretStr, model_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from crm_shared.contracts.touchpoints import IDENTIFIER_KIND_PATTERN, IDENTIFIER_STRENGTH
 
 # Development defaults: used by `make up` and the docs, refused when CRM_ENV=production.
 DEV_WRITE_KEY = "dev-write-key"
@@ -47,6 +50,12 @@ class ServiceSettings(BaseSettings):
     topic_replication_factor: int = Field(
         default=1, ge=1, description="replication factor of created topics (3 in production)"
     )
+    identifier_kinds: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="identifier kinds besides customer_id, email, phone, anonymous_id and "
+        "device_id that touchpoints may carry in `identities.other` (e.g. loyalty_card), comma "
+        "separated; the same list for every service",
+    )
     log_level: Literal["debug", "info", "warning", "error"] = Field(
         default="info", description="lowest level logged"
     )
@@ -64,6 +73,27 @@ class ServiceSettings(BaseSettings):
         if self.env == "production" and self.fault_crash_point is not None:
             raise ValueError("CRM_FAULT_CRASH_POINT is a test hook and is refused in production")
         return self
+
+    @field_validator("identifier_kinds", mode="before")
+    @classmethod
+    def _split_kinds(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [k.strip() for k in value.split(",") if k.strip()]
+        return value
+
+    @field_validator("identifier_kinds")
+    @classmethod
+    def _valid_kinds(cls, kinds: list[str]) -> list[str]:
+        for kind in kinds:
+            if kind in IDENTIFIER_STRENGTH:
+                raise ValueError(f"{kind!r} is built in; list only the kinds to add")
+            if not re.fullmatch(IDENTIFIER_KIND_PATTERN, kind):
+                raise ValueError(
+                    f"{kind!r} is not a kind name (lower-case letters, digits and _, at most 32)"
+                )
+        if len(kinds) != len(set(kinds)):
+            raise ValueError("a kind is listed twice")
+        return kinds
 
 
 class StatefulSettings(ServiceSettings):

@@ -50,6 +50,8 @@ class Rules:
     key_name: str = "development"
     channels: frozenset[str] = frozenset(CHANNELS)
     """The channels the write key may send."""
+    identifier_kinds: frozenset[str] = frozenset()
+    """Kinds `identities.other` may name (CRM_IDENTIFIER_KINDS)."""
 
 
 class Untranslatable(ValueError):
@@ -196,6 +198,22 @@ def vet(event: Any, index: int, rules: Rules, now: datetime) -> Outcome:
             "rejected",
             [{"field": "data.channel", "reason": reason}],
             forbidden=True,
+        )
+    unknown = sorted(set(event.data.identities.other) - rules.identifier_kinds)
+    if unknown:
+        configured = ", ".join(sorted(rules.identifier_kinds)) or "none"
+        return Outcome(
+            index,
+            event.id,
+            "rejected",
+            [
+                {
+                    "field": f"data.identities.other.{kind}",
+                    "reason": f"is not an identifier kind of this platform (configured: "
+                    f"{configured})",
+                }
+                for kind in unknown
+            ],
         )
     if event.profileid is not None:
         problem: FieldError = {

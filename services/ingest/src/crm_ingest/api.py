@@ -163,6 +163,7 @@ async def accept(request: Request, key: WriteKey, check: Check) -> list[Outcome]
         max_future=timedelta(seconds=settings.max_future_skew_s),
         key_name=key.name,
         channels=key.channels,
+        identifier_kinds=frozenset(settings.identifier_kinds),
     )
     # An empty bucket refuses the request before any of it is checked: a sender over its limit
     # costs no validation. (Counted as one event: how many it held is not known yet.)

@@ -21,12 +21,14 @@ from crm_profile.snapshots import snapshot_data
 from crm_shared.auth import role_of
 from crm_shared.consumer import Contended
 from crm_shared.contracts import (
+    IDENTIFIER_STRENGTH,
     PROFILES,
     ActivitySummary,
     ConsentState,
     ContactPoint,
     Identifier,
     Identities,
+    Membership,
 )
 from crm_shared.kafka import OutgoingRecord
 from crm_shared.logging import get_logger
@@ -48,6 +50,9 @@ class ProfileView(BaseModel):
     )
     activity: ActivitySummary | None
     contact_points: list[ContactPoint]
+    memberships: list[Membership] = Field(
+        description="programs the person belongs or belonged to (`member` says which)"
+    )
     merged_into: str | None
     created_at: datetime
     updated_at: datetime
@@ -113,6 +118,16 @@ EXAMPLE = {
         "last_outbound_at": None,
     },
     "contact_points": [],
+    "memberships": [
+        {
+            "program": "association",
+            "member": True,
+            "member_id": "m-1993-0042",
+            "since": "1993-05-01T00:00:00Z",
+            "ended_at": None,
+            "source_event_id": "9f1c2d3e-store-0007",
+        }
+    ],
     "merged_into": None,
     "created_at": "2026-11-20T10:15:01Z",
     "updated_at": "2026-11-20T10:20:00Z",
@@ -128,9 +143,12 @@ def _view(row: store.ProfileRow) -> ProfileView:
     "/profiles",
     response_model=ProfileView,
     summary="Look a profile up by one identifier",
+    description="Give one of `customer_id`, `email`, `phone`, `anonymous_id`, `device_id`, or "
+    "`kind` and `value` for a kind the platform was configured with (`CRM_IDENTIFIER_KINDS`, "
+    "e.g. `kind=loyalty_card&value=LC-7`).",
     responses={
         200: {"content": {"application/json": {"example": EXAMPLE}}},
-        400: {"description": "not exactly one identifier given"},
+        400: {"description": "not exactly one identifier given, or an unknown kind"},
         422: {"description": "the identifier is not valid (e.g. not an email address)"},
         401: {"description": "no or unknown bearer token"},
         404: {"description": "no profile has that identifier"},
@@ -143,8 +161,10 @@ async def lookup(
     phone: Annotated[str | None, Query()] = None,
     anonymous_id: Annotated[str | None, Query()] = None,
     device_id: Annotated[str | None, Query()] = None,
+    kind: Annotated[str | None, Query(examples=["loyalty_card"])] = None,
+    value: Annotated[str | None, Query()] = None,
 ) -> ProfileView:
-    given = {
+    given: dict[str, Any] = {
         k: v
         for k, v in {
             "customer_id": customer_id,
@@ -155,10 +175,22 @@ async def lookup(
         }.items()
         if v is not None
     }
+    if (kind is None) != (value is None):
+        raise HTTPException(400, "give `kind` and `value` together")
+    if kind is not None:
+        configured = runtime_of(request).settings.identifier_kinds
+        if kind in IDENTIFIER_STRENGTH:
+            given[kind] = value
+        elif kind in configured:
+            given["other"] = {kind: value}
+        else:
+            known = ", ".join([*IDENTIFIER_STRENGTH, *configured])
+            raise HTTPException(400, f"{kind!r} is not an identifier kind here ({known})")
     if len(given) != 1:
         raise HTTPException(
             400,
-            "give exactly one identifier: customer_id, email, phone, anonymous_id or device_id",
+            "give exactly one identifier: customer_id, email, phone, anonymous_id, device_id, "
+            "or kind and value",
         )
     # Normalise the way the contracts do, so `Ana@Example.org` finds `ana@example.org`.
     try:

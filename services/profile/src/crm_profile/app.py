@@ -5,8 +5,8 @@ from __future__ import annotations
 from crm_profile.api import router
 from crm_profile.handlers import touchpoint_effects
 from crm_profile.settings import ProfileSettings
-from crm_shared.consumer import decode_json_event
-from crm_shared.contracts import TOUCHPOINT_ADAPTER, TOUCHPOINTS
+from crm_shared.consumer import decode_touchpoint
+from crm_shared.contracts import TOUCHPOINTS
 from crm_shared.database import Migration, load_migrations, plumbing_migrations
 from crm_shared.installed import ServiceDescriptor
 from crm_shared.service import Service
@@ -17,8 +17,9 @@ def migrations() -> list[Migration]:
 
 
 def build(settings: ProfileSettings | None = None) -> Service:
+    settings = settings or ProfileSettings()
     service = Service(
-        settings or ProfileSettings(),
+        settings,
         title="crm profile",
         description="Identity resolution and the unified customer profile.",
         migrations=migrations(),
@@ -26,7 +27,7 @@ def build(settings: ProfileSettings | None = None) -> Service:
     service.consume_batches(
         "profile.touchpoints",
         TOUCHPOINTS,
-        decode_json_event(TOUCHPOINT_ADAPTER),
+        decode_touchpoint(settings.identifier_kinds),
         touchpoint_effects,
     )
     service.app.include_router(router)

@@ -25,6 +25,7 @@ from crm_profile.domain.activity import (
     merge_activity,
     merge_contacts,
 )
+from crm_profile.domain.membership import Memberships, apply_membership, merge_memberships
 from crm_profile.domain.resolution import IdentifierKey, IdentityRules, KnownProfile, resolve
 from crm_profile.domain.state import (
     Consents,
@@ -46,6 +47,7 @@ CHANGE_ORDER: tuple[ProfileChange, ...] = (
     "traits",
     "consent",
     "contact",
+    "membership",
     "activity",
 )
 
@@ -76,6 +78,7 @@ class Draft:
     consents: Consents
     activity: Activity
     contacts: Contacts
+    memberships: Memberships
     last_event_id: str | None
     merged_into: str | None = None
     changes: set[ProfileChange] = field(default_factory=set)
@@ -92,6 +95,7 @@ class Draft:
             consents=dict(row.consents),
             activity=dict(row.activity),
             contacts=dict(row.contacts),
+            memberships=dict(row.memberships),
             last_event_id=row.last_event_id,
         )
 
@@ -107,6 +111,7 @@ class Draft:
             consents=self.consents,
             activity=self.activity,
             contacts=self.contacts,
+            memberships=self.memberships,
             merged_into=self.merged_into,
             erased_at=None,
             last_event_id=self.last_event_id,
@@ -222,6 +227,7 @@ class BatchResolution:
                 consents={},
                 activity={},
                 contacts={},
+                memberships={},
                 last_event_id=None,
                 changes={"created"},
             )
@@ -256,6 +262,7 @@ class BatchResolution:
             survivor.consents, consent_updates(event), event.time, event.id
         )
         survivor.contacts, contacts_changed = apply_contact_health(survivor.contacts, event)
+        survivor.memberships, memberships_changed = apply_membership(survivor.memberships, event)
         survivor.activity = apply_activity(survivor.activity, event)
         survivor.last_event_id = event.id
         survivor.changes.add("activity")
@@ -265,6 +272,8 @@ class BatchResolution:
             survivor.changes.add("consent")
         if contacts_changed:
             survivor.changes.add("contact")
+        if memberships_changed:
+            survivor.changes.add("membership")
         self._touchpoints.append(
             Touchpoint(
                 source=event.source,
@@ -290,6 +299,7 @@ class BatchResolution:
         merge_latest(survivor.consents, loser.consents)
         survivor.activity = merge_activity(survivor.activity, loser.activity)
         survivor.contacts = merge_contacts(survivor.contacts, loser.contacts)
+        survivor.memberships = merge_memberships(survivor.memberships, loser.memberships)
         loser.merged_into = survivor.profile_id
         loser.changes.add("merged")
         self._touch(loser)

@@ -1,8 +1,10 @@
 """Profile's settings."""
 
+from __future__ import annotations
+
 from typing import ClassVar
 
-from pydantic import Field, field_validator
+from pydantic import Field, model_validator
 
 from crm_profile.domain.resolution import IdentityRules
 from crm_shared.contracts import IDENTIFIER_STRENGTH
@@ -27,23 +29,20 @@ class ProfileSettings(ApiSettings):
         "conflict (JSON object; kinds not named are not limited)",
     )
 
-    @field_validator("identity_unique_kinds")
-    @classmethod
-    def _known_kinds(cls, kinds: list[str]) -> list[str]:
-        unknown = sorted(set(kinds) - set(IDENTIFIER_STRENGTH))
+    @model_validator(mode="after")
+    def _known_kinds(self) -> ProfileSettings:
+        known = (*IDENTIFIER_STRENGTH, *self.identifier_kinds)
+        named = {*self.identity_unique_kinds, *self.identity_max_per_kind}
+        unknown = sorted(named - set(known))
         if unknown:
-            raise ValueError(f"unknown identifier kinds {unknown}; known: {IDENTIFIER_STRENGTH}")
-        return kinds
-
-    @field_validator("identity_max_per_kind")
-    @classmethod
-    def _known_limits(cls, limits: dict[str, int]) -> dict[str, int]:
-        unknown = sorted(set(limits) - set(IDENTIFIER_STRENGTH))
-        if unknown:
-            raise ValueError(f"unknown identifier kinds {unknown}; known: {IDENTIFIER_STRENGTH}")
-        if any(limit < 1 for limit in limits.values()):
-            raise ValueError("every limit is at least 1")
-        return limits
+            raise ValueError(
+                f"unknown identifier kinds {unknown} in CRM_IDENTITY_UNIQUE_KINDS or "
+                f"CRM_IDENTITY_MAX_PER_KIND; known: {list(known)} (add kinds with "
+                "CRM_IDENTIFIER_KINDS)"
+            )
+        if any(limit < 1 for limit in self.identity_max_per_kind.values()):
+            raise ValueError("every limit in CRM_IDENTITY_MAX_PER_KIND is at least 1")
+        return self
 
     def identity_rules(self) -> IdentityRules:
         return IdentityRules(

@@ -12,6 +12,7 @@ from crm_shared.contracts import (
     ConsentState,
     ContactPoint,
     Identifier,
+    Membership,
     ProfileSnapshotData,
     profile_snapshot,
 )
@@ -44,6 +45,20 @@ def snapshot_data(row: ProfileRow, change: list[ProfileChange]) -> ProfileSnapsh
         )
         for _, entry in sorted(row.contacts.items())
     ]
+    memberships = [
+        Membership.model_validate(
+            {
+                "program": program,
+                "member": entry["member"],
+                "member_id": entry.get("member_id"),
+                "since": entry.get("since"),
+                "ended_at": entry.get("ended_at"),
+                "source_event_id": entry["source_event_id"],
+            },
+            strict=False,
+        )
+        for program, entry in sorted(row.memberships.items())
+    ]
     return ProfileSnapshotData(
         profile_id=row.profile_id,
         version=row.version,
@@ -53,6 +68,7 @@ def snapshot_data(row: ProfileRow, change: list[ProfileChange]) -> ProfileSnapsh
         consents=consents,
         activity=activity,
         contact_points=contact_points,
+        memberships=memberships,
         merged_into=row.merged_into,
         created_at=row.created_at,
         updated_at=row.updated_at,

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 import asyncpg
 
 from crm_profile.domain.activity import Activity, Contacts
+from crm_profile.domain.membership import Memberships
 from crm_profile.domain.resolution import IdentifierKey
 from crm_profile.domain.state import Consents, Traits
 from crm_shared.consumer import Contended
@@ -28,6 +29,7 @@ class ProfileRow:
     consents: Consents
     activity: Activity
     contacts: Contacts
+    memberships: Memberships
     merged_into: str | None
     erased_at: datetime | None
     last_event_id: str | None
@@ -116,16 +118,18 @@ async def save_batch(conn: DbConnection, writes: Writes, at: datetime) -> None:
     await conn.execute(
         "UPDATE profiles AS p SET version = p.version + 1, traits = c.traits, "
         "consents = c.consents, activity = c.activity, contacts = c.contacts, "
-        "last_event_id = c.last_event_id, merged_into = c.merged_into, updated_at = $8 "
+        "memberships = c.memberships, last_event_id = c.last_event_id, "
+        "merged_into = c.merged_into, updated_at = $9 "
         "FROM unnest($1::text[], $2::jsonb[], $3::jsonb[], $4::jsonb[], $5::jsonb[], "
-        "$6::text[], $7::text[]) "
-        "AS c(id, traits, consents, activity, contacts, last_event_id, merged_into) "
+        "$6::jsonb[], $7::text[], $8::text[]) "
+        "AS c(id, traits, consents, activity, contacts, memberships, last_event_id, merged_into) "
         "WHERE p.profile_id = ANY($1::text[]) AND p.profile_id = c.id",
         [d.profile_id for d in changed],
         [d.traits for d in changed],
         [d.consents for d in changed],
         [d.activity for d in changed],
         [d.contacts for d in changed],
+        [d.memberships for d in changed],
         [d.last_event_id for d in changed],
         [d.merged_into for d in changed],
         at,
@@ -207,6 +211,7 @@ def _row(row: asyncpg.Record, identifiers: list[IdentifierKey]) -> ProfileRow:
         consents=row["consents"],
         activity=row["activity"],
         contacts=row["contacts"],
+        memberships=row["memberships"],
         merged_into=row["merged_into"],
         erased_at=row["erased_at"],
         last_event_id=row["last_event_id"],
@@ -363,6 +368,7 @@ async def erase(conn: DbConnection, survivor: str, at: datetime) -> Erasure:
     )
     await conn.execute(
         "UPDATE profiles SET traits = '{}', consents = '{}', activity = '{}', contacts = '{}', "
+        "memberships = '{}', "
         "last_event_id = NULL, erased_at = $2, updated_at = $2, version = version + 1 "
         "WHERE profile_id = ANY($1::text[])",
         members,

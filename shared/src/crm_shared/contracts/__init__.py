@@ -8,6 +8,7 @@ from crm_shared.contracts.derived import (
     ConsentState,
     ContactPoint,
     Identifier,
+    Membership,
     ProfileSnapshot,
     ProfileSnapshotData,
     profile_snapshot,
@@ -25,6 +26,7 @@ from crm_shared.contracts.topics import (
 )
 from crm_shared.contracts.touchpoints import (
     CHANNELS,
+    IDENTIFIER_KIND_PATTERN,
     IDENTIFIER_STRENGTH,
     TOUCHPOINT_ADAPTER,
     TOUCHPOINT_CLASSES,
@@ -38,6 +40,7 @@ from crm_shared.contracts.touchpoints import (
 __all__ = [
     "CHANNELS",
     "DEADLETTER",
+    "IDENTIFIER_KIND_PATTERN",
     "IDENTIFIER_STRENGTH",
     "LOYALTY",
     "LOYALTY_ADAPTER",
@@ -57,6 +60,7 @@ __all__ = [
     "Identifier",
     "IdentifierKind",
     "Identities",
+    "Membership",
     "ProfileSnapshot",
     "ProfileSnapshotData",
     "Topic",

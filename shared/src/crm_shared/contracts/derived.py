@@ -18,7 +18,7 @@ from crm_shared.contracts.touchpoints import (
     ConsentPurpose,
     ContactChannel,
     CurrencyCode,
-    IdentifierKind,
+    IdentifierName,
     Properties,
 )
 
@@ -26,7 +26,7 @@ ProfileId = Annotated[str, Field(min_length=1, max_length=64)]
 
 
 class Identifier(Contract):
-    kind: IdentifierKind
+    kind: IdentifierName
     value: NonEmptyStr
 
 
@@ -39,7 +39,7 @@ class ConsentState(Contract):
 
 
 ProfileChange = Literal[
-    "created", "identifiers", "traits", "consent", "activity", "contact", "merged"
+    "created", "identifiers", "traits", "consent", "activity", "contact", "membership", "merged"
 ]
 
 
@@ -74,6 +74,19 @@ class ContactPoint(Contract):
     marketing_reason: NonEmptyStr | None = None
 
 
+class Membership(Contract):
+    """Whether the person belongs to a program, as the latest membership event said."""
+
+    program: NonEmptyStr
+    member: bool
+    member_id: NonEmptyStr | None = None
+    since: AwareDatetime | None = Field(default=None, description="when the membership began")
+    ended_at: AwareDatetime | None = Field(
+        default=None, description="when it ended (`member` is false)"
+    )
+    source_event_id: NonEmptyStr
+
+
 class ProfileSnapshotData(Contract):
     """The full state of one profile after a change (`crm.profiles.v1`, compacted)."""
 
@@ -88,6 +101,9 @@ class ProfileSnapshotData(Contract):
     )
     activity: ActivitySummary | None = None
     contact_points: list[ContactPoint] = Field(default_factory=list)
+    memberships: list[Membership] = Field(
+        default_factory=list, description="programs the person belongs or belonged to"
+    )
     merged_into: ProfileId | None = None
     created_at: AwareDatetime
     updated_at: AwareDatetime

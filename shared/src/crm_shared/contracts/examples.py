@@ -53,6 +53,12 @@ _PAYLOADS: dict[str, dict[str, Any]] = {
     "identify": {"traits": {"first_name": "Ana", "language": "lt"}},
     "consent_granted": {"purpose": "marketing", "contact_channel": "email"},
     "consent_withdrawn": {"purpose": "marketing", "contact_channel": "sms"},
+    "membership_started": {
+        "program": "association",
+        "member_id": "m-1993-0042",
+        "since": "1993-05-01T00:00:00Z",
+    },
+    "membership_ended": {"program": "association", "member_id": "m-1993-0042"},
 }
 
 _IDENTITIES = {

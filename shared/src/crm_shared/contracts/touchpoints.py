@@ -10,6 +10,7 @@ from decimal import Decimal
 from typing import Annotated, Any, Literal, TypeVar
 
 from pydantic import (
+    AwareDatetime,
     Field,
     JsonValue,
     TypeAdapter,
@@ -32,6 +33,18 @@ IDENTIFIER_STRENGTH: tuple[IdentifierKind, ...] = (
     "anonymous_id",
 )
 
+# Kinds a deployment adds by configuration (CRM_IDENTIFIER_KINDS): a loyalty card number, a
+# membership number, another system's contact id.
+IDENTIFIER_KIND_PATTERN = r"^[a-z][a-z0-9_]{0,31}$"
+IdentifierName = Annotated[
+    str,
+    Field(
+        pattern=IDENTIFIER_KIND_PATTERN,
+        description="an identifier kind: lower-case letters, digits and `_`, at most 32",
+    ),
+]
+MAX_OTHER_IDENTIFIERS = 10
+
 ConsentPurpose = Literal["marketing", "surveys", "personalisation", "analytics"]
 ContactChannel = Literal["email", "sms", "phone", "push", "post", "in_app"]
 CurrencyCode = Annotated[str, Field(pattern=r"^[A-Z]{3}$", description="ISO 4217 code")]
@@ -47,6 +60,15 @@ class Identities(Contract):
     phone: Annotated[str, Field(min_length=3, max_length=32)] | None = None
     anonymous_id: NonEmptyStr | None = None
     device_id: NonEmptyStr | None = None
+    other: Annotated[
+        dict[IdentifierName, Annotated[str, Field(min_length=1, max_length=256)]],
+        Field(
+            max_length=MAX_OTHER_IDENTIFIERS,
+            description="identifiers of the kinds this deployment configured "
+            "(`CRM_IDENTIFIER_KINDS`, e.g. `loyalty_card`), by kind; they rank after the five "
+            "above, in name order",
+        ),
+    ] = Field(default_factory=dict)
 
     @field_validator("email")
     @classmethod
@@ -70,21 +92,34 @@ class Identities(Contract):
             raise ValueError("is not a phone number (digits, spaces, dashes, dots, parentheses)")
         return compact
 
+    @field_validator("other")
+    @classmethod
+    def _no_built_in_kind(cls, other: dict[str, str]) -> dict[str, str]:
+        for kind in other:
+            if kind in IDENTIFIER_STRENGTH:
+                raise ValueError(f"{kind!r} has its own field: give it as `{kind}`")
+        return other
+
     @model_validator(mode="after")
     def _at_least_one(self) -> Identities:
         if not self.pairs():
             raise ValueError(
-                "at least one identifier is required: " + ", ".join(IDENTIFIER_STRENGTH)
+                "at least one identifier is required: "
+                + ", ".join(IDENTIFIER_STRENGTH)
+                + " or a configured kind in `other`"
             )
         return self
 
-    def pairs(self) -> list[tuple[IdentifierKind, str]]:
-        """(kind, value) of every identifier present, strongest first."""
-        found: list[tuple[IdentifierKind, str]] = []
+    def pairs(self) -> list[tuple[str, str]]:
+        """(kind, value) of every identifier present, strongest first: the five built-in kinds,
+        then the configured ones in name order."""
+        found: list[tuple[str, str]] = []
         for kind in IDENTIFIER_STRENGTH:
             value = getattr(self, kind)
             if value is not None:
                 found.append((kind, value))
+        if self.other:
+            found.extend(sorted(self.other.items()))
         return found
 
     def strongest(self) -> str:
@@ -266,6 +301,32 @@ class ConsentData(TouchpointData):
     contact_channel: ContactChannel
 
 
+ProgramName = Annotated[
+    str,
+    Field(
+        min_length=1,
+        max_length=64,
+        pattern=r"^[a-z0-9][a-z0-9_.-]*$",
+        description="the program's name: lower-case letters, digits, `_`, `.`, `-`",
+        examples=["association", "loyalty"],
+    ),
+]
+
+
+class MembershipData(TouchpointData):
+    """Someone joined or left a program the company runs: a loyalty scheme, an association, a
+    club. Profile keeps whether they belong to it, so nobody is invited to join what they are
+    already in."""
+
+    program: ProgramName
+    member_id: Annotated[str, Field(min_length=1, max_length=128)] | None = None
+    since: AwareDatetime | None = Field(
+        default=None,
+        description="when the membership began, when that was before this event (a member of "
+        "33 years); on `membership_ended`, ignored",
+    )
+
+
 D = TypeVar("D", bound=TouchpointData)
 
 
@@ -407,6 +468,26 @@ class ConsentWithdrawn(TouchpointEnvelope[ConsentData]):
     ]
 
 
+class MembershipStarted(TouchpointEnvelope[MembershipData]):
+    type: Literal[
+        "crm.touchpoint.web.membership_started",
+        "crm.touchpoint.phone.membership_started",
+        "crm.touchpoint.email.membership_started",
+        "crm.touchpoint.store.membership_started",
+        "crm.touchpoint.feedback.membership_started",
+    ]
+
+
+class MembershipEnded(TouchpointEnvelope[MembershipData]):
+    type: Literal[
+        "crm.touchpoint.web.membership_ended",
+        "crm.touchpoint.phone.membership_ended",
+        "crm.touchpoint.email.membership_ended",
+        "crm.touchpoint.store.membership_ended",
+        "crm.touchpoint.feedback.membership_ended",
+    ]
+
+
 TOUCHPOINT_CLASSES: tuple[type[TouchpointEnvelope[Any]], ...] = (
     PageViewed,
     ProductViewed,
@@ -432,6 +513,8 @@ TOUCHPOINT_CLASSES: tuple[type[TouchpointEnvelope[Any]], ...] = (
     Identify,
     ConsentGranted,
     ConsentWithdrawn,
+    MembershipStarted,
+    MembershipEnded,
 )
 
 TouchpointEvent = Annotated[
@@ -458,7 +541,9 @@ TouchpointEvent = Annotated[
     | SurveyAnswered
     | Identify
     | ConsentGranted
-    | ConsentWithdrawn,
+    | ConsentWithdrawn
+    | MembershipStarted
+    | MembershipEnded,
     Field(discriminator="type"),
 ]
 
