@@ -190,7 +190,8 @@ async def test_ingest_refuses_bad_requests_precisely(platform: dict[str, Service
             {
                 "field": "data.identities",
                 "reason": "at least one identifier is required: "
-                "customer_id, email, phone, device_id, anonymous_id",
+                "customer_id, email, phone, device_id, anonymous_id or a configured kind in "
+                "`other`",
             }
         ]
         huge = await http.post(
