@@ -213,3 +213,37 @@ async def test_sigterm_mid_load_answers_in_flight_requests_and_loses_none(
     on_topic = {value["id"] for value in values_of(records)}
     missing = accepted - on_topic
     assert not missing, f"{len(missing)} events answered 202 are not on the topic"
+
+
+async def test_a_sender_that_leaves_mid_body_is_one_calm_log_line_and_nothing_published(
+    endpoints: Endpoints, topic_prefix: str, tmp_path: Path
+) -> None:
+    """A client promises a body and hangs up half way: nothing is accepted, and ingest notes it
+    in one line instead of logging a server error with a traceback."""
+    ingest = ServiceProcess(
+        "crm_ingest", service_env(endpoints, topic_prefix), free_port(), tmp_path / "ingest.log"
+    )
+    ingest.start()
+    try:
+        await ingest.wait_ready()
+        _, writer = await asyncio.open_connection("127.0.0.1", ingest.port)
+        writer.write(
+            b"POST /v1/events HTTP/1.1\r\nHost: ingest\r\nContent-Type: application/json\r\n"
+            b"Authorization: Bearer dev-write-key\r\nContent-Length: 4000\r\n\r\n"
+            + json.dumps(example_event("crm.touchpoint.web.page_viewed")).encode()[:100]
+        )
+        await writer.drain()
+        writer.close()
+        await writer.wait_closed()
+
+        def noted() -> bool:
+            return "client went away" in ingest.log.read_text()
+
+        await wait_until(noted, what="ingest to note the early hang-up")
+    finally:
+        ingest.stop()
+    log = ingest.log.read_text()
+    assert "Exception in ASGI application" not in log
+    assert '"status": 499' in log or '"status":499' in log, "the access log says what happened"
+    published = await read_topic(endpoints.bootstrap, TOUCHPOINTS.full_name(topic_prefix))
+    assert published == []

@@ -7,12 +7,19 @@ from http import HTTPStatus
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 
 from crm_shared.errors import FieldError, plain_reason
+from crm_shared.logging import get_logger
 
 PROBLEM_JSON = "application/problem+json"
+# What the access log and the latency metric record for a request whose sender left early
+# (nginx's convention; never sent, as nobody is there to read it).
+CLIENT_CLOSED_REQUEST = 499
+
+log = get_logger(__name__)
 
 
 def problem(
@@ -47,5 +54,12 @@ def install_problem_handlers(app: FastAPI) -> None:
         ]
         return problem(422, "the request is not valid", errors=errors)
 
+    async def on_client_gone(request: Request, _: Exception) -> Response:
+        # The sender closed the connection before its body arrived: nobody reads an answer,
+        # and nothing of the request was accepted. Not a server error: one line, no traceback.
+        log.info("client went away before its request was read", route=request.url.path)
+        return Response(status_code=CLIENT_CLOSED_REQUEST)
+
     app.add_exception_handler(StarletteHTTPException, on_http_error)
     app.add_exception_handler(RequestValidationError, on_validation_error)
+    app.add_exception_handler(ClientDisconnect, on_client_gone)
