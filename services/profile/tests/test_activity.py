@@ -7,12 +7,14 @@ from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
 
+from crm_profile.batch import consent_updates
 from crm_profile.domain.activity import (
     apply_activity,
     apply_contact_health,
     merge_activity,
     merge_contacts,
 )
+from crm_profile.domain.state import ConsentUpdate
 from crm_shared.contracts import TOUCHPOINT_ADAPTER
 from crm_shared.contracts.examples import example_event
 
@@ -86,3 +88,23 @@ def test_a_bounce_stops_mail_until_mail_gets_through_and_a_late_event_changes_no
     both = merge_contacts(unsubscribed, complained)
     assert next(iter(both.values()))["marketing_reason"] == "complained", "the newer verdict"
     assert next(iter(both.values()))["deliverable"] is True
+
+
+def test_an_sms_stop_ends_marketing_to_the_number_and_withdraws_sms_consent() -> None:
+    stop = event("crm.touchpoint.phone.sms_received", 10, text=" stop ")
+    start = event("crm.touchpoint.phone.sms_received", 20, text="START")
+    question = event("crm.touchpoint.phone.sms_received", 30, text="Where is my order?")
+    contacts, changed = apply_contact_health({}, stop)
+    assert changed
+    assert contacts["phone:+37060000001"]["marketing"] is False
+    assert contacts["phone:+37060000001"]["marketing_reason"] == "unsubscribed"
+    assert contacts["phone:+37060000001"]["deliverable"] is True
+    assert ConsentUpdate("marketing", "sms", False) in consent_updates(stop)
+    # In either order, the opt-in sent later stands; it restores reach, never consent.
+    for order in ([stop, start], [start, stop]):
+        state: dict[str, Any] = {}
+        for e in order:
+            state, _ = apply_contact_health(state, e)
+        assert state["phone:+37060000001"]["marketing"] is True
+    assert consent_updates(start) == []
+    assert apply_contact_health(contacts, question) == (contacts, False)

@@ -24,6 +24,7 @@ from crm_profile.domain.activity import (
     apply_contact_health,
     merge_activity,
     merge_contacts,
+    sms_keyword,
 )
 from crm_profile.domain.membership import Memberships, apply_membership, merge_memberships
 from crm_profile.domain.resolution import IdentifierKey, IdentityRules, KnownProfile, resolve
@@ -56,6 +57,8 @@ def consent_updates(event: TouchpointEnvelope[Any]) -> list[ConsentUpdate]:
     updates = [ConsentUpdate(c.purpose, c.contact_channel, c.granted) for c in event.data.consent]
     if event.type == "crm.touchpoint.email.unsubscribed":
         updates.append(ConsentUpdate(event.data.purpose, "email", False))
+    if sms_keyword(event) == "stop":  # an opt-in keyword restores reach, not consent
+        updates.append(ConsentUpdate("marketing", "sms", False))
     if event.action in ("consent_granted", "consent_withdrawn"):
         data: Any = event.data
         updates.append(

@@ -63,10 +63,11 @@ class ActivitySummary(Contract):
 
 
 class ContactPoint(Contract):
-    """An address and whether it may be used: a hard bounce makes it undeliverable, a complaint
-    or an unsubscribe ends marketing to it (each with the event time and the reason)."""
+    """An address and whether it may be used: a hard bounce makes an email address
+    undeliverable, a complaint or an unsubscribe ends marketing to it, and an SMS opt-out
+    keyword (STOP) ends marketing to a phone number (each with the event time and reason)."""
 
-    channel: Literal["email"]
+    channel: Literal["email", "phone"]
     address: NonEmptyStr
     deliverable: bool
     deliverable_reason: NonEmptyStr | None = None

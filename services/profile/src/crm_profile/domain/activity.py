@@ -1,7 +1,8 @@
 """What a profile's touchpoints add up to: when the person was first and last seen, how often on
 each channel, their orders and revenue, their last contact each way; and the health of each
 email address (a bounce makes it undeliverable, a complaint or an unsubscribe ends marketing to
-it). Pure, stored as jsonb; every fact by event time, so a late event never undoes a newer one.
+it) and phone number (an SMS opt-out keyword ends marketing to it). Pure, stored as jsonb; every
+fact by event time, so a late event never undoes a newer one.
 """
 
 from __future__ import annotations
@@ -14,8 +15,9 @@ from typing import Any
 # activity {"first_seen": iso, "last_seen": iso, "channels": {channel: n}, "orders": n,
 #           "revenue": {currency: "decimal"}, "last_order_at": iso, "last_inbound_at": iso,
 #           "last_outbound_at": iso}
-# contacts {"email:<address>": {"channel": "email", "address": a, "deliverable": b,
-#           "deliverable_time": iso, "deliverable_reason": r, "marketing": b, ...}}
+# contacts {"email:<address>" or "phone:<E.164>": {"channel": "email" | "phone", "address": a,
+#           "deliverable": b, "deliverable_time": iso, "deliverable_reason": r, "marketing": b,
+#           ...}}
 Activity = dict[str, Any]
 Contacts = dict[str, dict[str, Any]]
 
@@ -112,8 +114,25 @@ def _moment(iso: str) -> datetime:
     return datetime.fromisoformat(iso)
 
 
+# The keywords carriers and SMS providers treat as an opt-out and an opt-in (CTIA's list),
+# alone in the message, in any case.
+SMS_STOP = frozenset({"STOP", "STOPALL", "UNSUBSCRIBE", "CANCEL", "END", "QUIT", "OPTOUT"})
+SMS_START = frozenset({"START", "UNSTOP", "YES"})
+
+
+def sms_keyword(event: Any) -> str | None:
+    """ "stop" or "start" for an incoming SMS that is only an opt-out or opt-in keyword."""
+    if event.type != "crm.touchpoint.phone.sms_received" or not event.data.text:
+        return None
+    word = event.data.text.strip().rstrip(".!").upper()
+    return "stop" if word in SMS_STOP else "start" if word in SMS_START else None
+
+
 def apply_contact_health(current: Contacts, event: Any) -> tuple[Contacts, bool]:
-    """Email health after one touchpoint about the event's email address; whether it changed."""
+    """Health of the event's email address or phone number after one touchpoint about it;
+    whether it changed."""
+    if event.data.channel == "phone" and event.data.identities.phone is not None:
+        return _phone_health(current, event)
     address = event.data.identities.email
     if event.data.channel != "email" or address is None:
         return current, False
@@ -133,6 +152,28 @@ def apply_contact_health(current: Contacts, event: Any) -> tuple[Contacts, bool]
         _set(entry, "marketing", False, at, "unsubscribed")
     elif event.type in REACHED:
         _set(entry, "deliverable", True, at, None)
+    if entry == before and key in current:
+        return current, False
+    return {**current, key: entry}, True
+
+
+def _phone_health(current: Contacts, event: Any) -> tuple[Contacts, bool]:
+    """A phone number's entry: an SMS opt-out keyword ends marketing to it by SMS, an opt-in
+    keyword allows it again (consent is still needed: see `handlers.consent_updates`)."""
+    keyword = sms_keyword(event)
+    number = event.data.identities.phone
+    key = f"phone:{number}"
+    if keyword is None:
+        return current, False
+    entry = dict(
+        current.get(key)
+        or {"channel": "phone", "address": number, "deliverable": True, "marketing": True}
+    )
+    before = dict(entry)
+    if keyword == "stop":
+        _set(entry, "marketing", False, event.time, "unsubscribed")
+    else:
+        _set(entry, "marketing", True, event.time, None)
     if entry == before and key in current:
         return current, False
     return {**current, key: entry}, True
