@@ -365,7 +365,7 @@ def decode_touchpoint(identifier_kinds: Iterable[str]) -> Decode[Any]:
 
     def checked(record: ConsumerRecord[bytes, bytes]) -> Received[Any]:
         received = decode(record)
-        unknown = sorted(set(received.event.data.identities.other) - allowed)
+        unknown = sorted(received.event.data.identities.other_kinds() - allowed)
         if unknown:
             configured = ", ".join(sorted(allowed)) or "none"
             raise Undecodable(

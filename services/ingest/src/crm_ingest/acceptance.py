@@ -199,7 +199,7 @@ def vet(event: Any, index: int, rules: Rules, now: datetime) -> Outcome:
             [{"field": "data.channel", "reason": reason}],
             forbidden=True,
         )
-    unknown = sorted(set(event.data.identities.other) - rules.identifier_kinds)
+    unknown = sorted(event.data.identities.other_kinds() - rules.identifier_kinds)
     if unknown:
         configured = ", ".join(sorted(rules.identifier_kinds)) or "none"
         return Outcome(

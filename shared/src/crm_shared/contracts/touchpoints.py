@@ -60,15 +60,23 @@ class Identities(Contract):
     phone: Annotated[str, Field(min_length=3, max_length=32)] | None = None
     anonymous_id: NonEmptyStr | None = None
     device_id: NonEmptyStr | None = None
-    other: Annotated[
-        dict[IdentifierName, Annotated[str, Field(min_length=1, max_length=256)]],
-        Field(
-            max_length=MAX_OTHER_IDENTIFIERS,
-            description="identifiers of the kinds this deployment configured "
-            "(`CRM_IDENTIFIER_KINDS`, e.g. `loyalty_card`), by kind; they rank after the five "
-            "above, in name order",
-        ),
-    ] = Field(default_factory=dict)
+    # None, not an empty dict, when absent: events are published without `none` fields, so
+    # an event that names no such kind looks as it did before the field existed.
+    other: (
+        Annotated[
+            dict[IdentifierName, Annotated[str, Field(min_length=1, max_length=256)]],
+            Field(
+                max_length=MAX_OTHER_IDENTIFIERS,
+                description="identifiers of the kinds this deployment configured "
+                "(`CRM_IDENTIFIER_KINDS`, e.g. `loyalty_card`), by kind; they rank after the "
+                "five above, in name order",
+            ),
+        ]
+        | None
+    ) = None
+
+    def other_kinds(self) -> set[str]:
+        return set(self.other or ())
 
     @field_validator("email")
     @classmethod
@@ -94,8 +102,8 @@ class Identities(Contract):
 
     @field_validator("other")
     @classmethod
-    def _no_built_in_kind(cls, other: dict[str, str]) -> dict[str, str]:
-        for kind in other:
+    def _no_built_in_kind(cls, other: dict[str, str] | None) -> dict[str, str] | None:
+        for kind in other or ():
             if kind in IDENTIFIER_STRENGTH:
                 raise ValueError(f"{kind!r} has its own field: give it as `{kind}`")
         return other
