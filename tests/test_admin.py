@@ -34,7 +34,7 @@ async def test_migrate_applies_each_service_once_on_a_fresh_database_then_nothin
             "profile",
             "plumbing/0001_plumbing, profile/0001_init, profile/0002_identity_graph, "
             "profile/0003_activity, profile/0004_erasure, profile/0005_erasure_log, "
-            "profile/0006_memberships",
+            "profile/0006_memberships, profile/0007_profiles_fillfactor",
         ),
         (
             "loyalty",

@@ -43,6 +43,7 @@ async def test_migrations_apply_on_an_empty_database_and_reapply_as_a_no_op(
         "profile/0004_erasure",
         "profile/0005_erasure_log",
         "profile/0006_memberships",
+        "profile/0007_profiles_fillfactor",
     ]
     conn = await asyncpg.connect(url)
     try:
