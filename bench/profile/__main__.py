@@ -256,6 +256,7 @@ async def measure_throughput(run: Run, instances: int, people: list[Person]) -> 
             await conn.close()
     finally:
         run.stop()
+        await tidy(run)
     result = Throughput(instances, len(measured), wall, merges, conflicts, live, cpu)
     print(
         f"bench:   {result.rate:,.0f} touchpoints/s ({result.events:,} in {wall:.1f} s), "
@@ -399,6 +400,7 @@ async def measure_latency(run: Run, people: list[Person]) -> Latency:
     finally:
         stop.set()
         run.stop()
+        await tidy(run)
     found = latencies(acknowledged, watched, counted)
     accepted = len(counted & acknowledged.keys())
     if len(found) < accepted:
@@ -544,6 +546,15 @@ async def cleanup(run: Run) -> None:
     finally:
         await admin.close()
     await drop_databases(run.endpoints.database_server, run.databases)
+    run.databases.clear()
+
+
+async def tidy(run: Run) -> None:
+    """Delete a finished measurement's topics and database (unless --keep), so the next one
+    shares the machine with neither: the broker holds topics in memory, and PostgreSQL would
+    vacuum and analyse the finished database during the next measurement."""
+    if not run.args.keep:
+        await cleanup(run)
 
 
 # --- the report ----------------------------------------------------------------------------------
@@ -643,11 +654,11 @@ def render(run: Run, started: datetime, total_s: float) -> str:
         "- A touchpoint's latency includes ingest's produce, profile's fetch, its transaction, "
         "the outbox relay's produce and the bench's own fetch (50 ms at most).",
         "- At 1,000 touchpoints/s posted in small batches the machine is nearly busy: every "
-        "request costs ingest, every small transaction costs PostgreSQL a commit, and the broker "
-        "and the bench take their share. The tail grows as the run goes on, and so does the "
-        "broker's own hop (above): Tansu, which keeps topics in memory, answers more slowly as "
-        "they grow. Apache Kafka reads by offset index and answers a fetch once a record "
-        "arrives; it cannot run on these machines, so that is not measured here.",
+        "request costs ingest, every small transaction costs profile and PostgreSQL their fixed "
+        "share (a commit, a relay round), and the broker and the bench take theirs. When "
+        "profile falls behind, touchpoints queue and the tail grows as the run goes on. Runs of "
+        "the same revision on this machine gave a p99 from about 300 ms to about 1.9 s, with "
+        "PostgreSQL's CPU over the 35 s from 7 to 19 s; the broker's own hop stays flat.",
         "",
     ]
     return "\n".join(lines)
