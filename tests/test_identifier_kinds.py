@@ -5,24 +5,14 @@ PostgreSQL; a kind nobody configured goes to the dead letters, not into the grap
 from __future__ import annotations
 
 import json
-import uuid
-from typing import Any
 
 import httpx
 
 from crm_profile.app import build as build_profile
 from crm_shared.contracts import DEADLETTER, TOUCHPOINTS
-from crm_shared.contracts.examples import example_event
 from tests.conftest import Databases
-from tests.support import Endpoints, produce, read_topic, running, wait_until
-from tests.test_identity import ADMIN, profile_settings
-
-
-def touchpoint(event_type: str, minute: int, **identities: Any) -> dict[str, Any]:
-    event = example_event(event_type, event_id=str(uuid.uuid4()))
-    event["time"] = f"2026-11-20T10:{minute:02}:00Z"
-    event["data"]["identities"] = identities
-    return event
+from tests.support import Endpoints, produce, read_topic, running
+from tests.test_identity import ADMIN, at_minute, deliver_one_by_one, profile_settings, touchpoint
 
 
 async def test_a_configured_kind_links_merges_and_is_protected_like_a_built_in_one(
@@ -30,15 +20,21 @@ async def test_a_configured_kind_links_merges_and_is_protected_like_a_built_in_o
 ) -> None:
     url = await databases.create("kinds")
     topic = TOUCHPOINTS.full_name(topic_prefix)
-    card = touchpoint("crm.touchpoint.store.purchase", 1, other={"loyalty_card": "LC-1"})
-    visit = touchpoint("crm.touchpoint.web.page_viewed", 2, email="ana@x.org")
-    linked = touchpoint(
-        "crm.touchpoint.web.identify", 3, email="ana@x.org", other={"loyalty_card": "LC-1"}
+    card = at_minute(touchpoint("crm.touchpoint.store.purchase", other={"loyalty_card": "LC-1"}), 1)
+    visit = at_minute(touchpoint("crm.touchpoint.web.page_viewed", email="ana@x.org"), 2)
+    linked = at_minute(
+        touchpoint(
+            "crm.touchpoint.web.identify", email="ana@x.org", other={"loyalty_card": "LC-1"}
+        ),
+        3,
     )
-    second_card = touchpoint(
-        "crm.touchpoint.web.identify", 4, email="ana@x.org", other={"loyalty_card": "LC-2"}
+    second_card = at_minute(
+        touchpoint(
+            "crm.touchpoint.web.identify", email="ana@x.org", other={"loyalty_card": "LC-2"}
+        ),
+        4,
     )
-    unknown_kind = touchpoint("crm.touchpoint.store.purchase", 5, other={"club_no": "9"})
+    unknown_kind = at_minute(touchpoint("crm.touchpoint.store.purchase", other={"club_no": "9"}), 5)
     settings = profile_settings(
         endpoints,
         topic_prefix,
@@ -49,16 +45,9 @@ async def test_a_configured_kind_links_merges_and_is_protected_like_a_built_in_o
     service = build_profile(settings)
     async with running(service):
         pool = service.app.state.runtime.db
-        for event in (card, visit, linked, second_card):
-            await produce(endpoints.bootstrap, topic, [(b"k", json.dumps(event).encode())])
-
-            async def stored(event_id: str = event["id"]) -> bool:
-                found: bool = await pool.fetchval(
-                    "SELECT count(*) > 0 FROM touchpoints WHERE event_id = $1", event_id
-                )
-                return found
-
-            await wait_until(stored, what=f"{event['type']} to be stored")
+        await deliver_one_by_one(
+            endpoints.bootstrap, topic, pool, [card, visit, linked, second_card]
+        )
         await produce(endpoints.bootstrap, topic, [(b"k", json.dumps(unknown_kind).encode())])
         dead = await read_topic(
             endpoints.bootstrap, DEADLETTER.full_name(topic_prefix), at_least=1, timeout=30

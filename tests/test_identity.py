@@ -53,10 +53,34 @@ def profile_settings(endpoints: Endpoints, prefix: str, url: str, **extra: Any) 
     return ProfileSettings.model_validate({**fields, **extra})
 
 
-def touchpoint(event_type: str, **identities: str) -> dict[str, Any]:
+def touchpoint(event_type: str, **identities: Any) -> dict[str, Any]:
     event = example_event(event_type, event_id=str(uuid.uuid4()))
     event["data"]["identities"] = identities
     return event
+
+
+def at_minute(event: dict[str, Any], minute: int, **data: Any) -> dict[str, Any]:
+    """`event` at 10:`minute` on 2026-11-20, with `data` added to its payload."""
+    event["time"] = f"2026-11-20T10:{minute:02}:00Z"
+    event["data"].update(data)
+    return event
+
+
+async def deliver_one_by_one(
+    bootstrap: str, topic: str, pool: Any, events: list[dict[str, Any]]
+) -> None:
+    """Publish each event and wait until profile stored it before the next: the order is the
+    point of the tests that use it."""
+    for event in events:
+        await produce(bootstrap, topic, [(b"k", json.dumps(event).encode())])
+
+        async def stored(event_id: str = event["id"]) -> bool:
+            found: bool = await pool.fetchval(
+                "SELECT count(*) > 0 FROM touchpoints WHERE event_id = $1", event_id
+            )
+            return found
+
+        await wait_until(stored, what=f"{event['type']} to be stored")
 
 
 async def test_an_event_linking_two_profiles_merges_them_audited_redirected_and_published(
@@ -76,16 +100,7 @@ async def test_an_event_linking_two_profiles_merges_them_audited_redirected_and_
     service = build_profile(profile_settings(endpoints, topic_prefix, url))
     async with running(service):
         pool = service.app.state.runtime.db
-        for event in events:  # one at a time: the order is the point
-            await produce(endpoints.bootstrap, topic, [(b"k", json.dumps(event).encode())])
-
-            async def stored(event_id: str = event["id"]) -> bool:
-                found: bool = await pool.fetchval(
-                    "SELECT count(*) > 0 FROM touchpoints WHERE event_id = $1", event_id
-                )
-                return found
-
-            await wait_until(stored, what=f"{event['type']} to be stored")
+        await deliver_one_by_one(endpoints.bootstrap, topic, pool, events)  # the order matters
         rows = {
             r["event_id"]: r["profile_id"]
             for r in await pool.fetch("SELECT event_id, profile_id FROM touchpoints")

@@ -3,26 +3,13 @@ through the real broker and PostgreSQL; a late, older event does not undo it."""
 
 from __future__ import annotations
 
-import json
-import uuid
-from typing import Any
-
 import httpx
 
 from crm_profile.app import build as build_profile
 from crm_shared.contracts import PROFILES, TOUCHPOINTS
-from crm_shared.contracts.examples import example_event
 from tests.conftest import Databases
-from tests.support import Endpoints, produce, read_topic, running, values_of, wait_until
-from tests.test_identity import ADMIN, profile_settings
-
-
-def touchpoint(event_type: str, minute: int, identities: dict[str, str], **data: Any) -> Any:
-    event = example_event(event_type, event_id=str(uuid.uuid4()))
-    event["time"] = f"2026-11-20T10:{minute:02}:00Z"
-    event["data"]["identities"] = identities
-    event["data"].update(data)
-    return event
+from tests.support import Endpoints, read_topic, running, values_of
+from tests.test_identity import ADMIN, at_minute, deliver_one_by_one, profile_settings, touchpoint
 
 
 async def test_a_member_of_33_years_is_known_as_one_on_the_profile_after_a_merge(
@@ -30,35 +17,29 @@ async def test_a_member_of_33_years_is_known_as_one_on_the_profile_after_a_merge
 ) -> None:
     url = await databases.create("membership")
     topic = TOUCHPOINTS.full_name(topic_prefix)
-    visit = touchpoint("crm.touchpoint.web.page_viewed", 1, {"email": "ana@x.org"})
-    joined = touchpoint(
-        "crm.touchpoint.store.membership_started",
+    visit = at_minute(touchpoint("crm.touchpoint.web.page_viewed", email="ana@x.org"), 1)
+    joined = at_minute(
+        touchpoint("crm.touchpoint.store.membership_started", customer_id="c-42"),
         2,
-        {"customer_id": "c-42"},
         program="association",
         member_id="m-0042",
         since="1993-05-01T00:00:00Z",
     )
-    linked = touchpoint(
-        "crm.touchpoint.web.identify", 3, {"customer_id": "c-42", "email": "ana@x.org"}
+    linked = at_minute(
+        touchpoint("crm.touchpoint.web.identify", customer_id="c-42", email="ana@x.org"), 3
     )
     # An end written before the start (10:00), delivered last: the start is newer and stands.
-    stale_end = touchpoint(
-        "crm.touchpoint.phone.membership_ended", 0, {"customer_id": "c-42"}, program="association"
+    stale_end = at_minute(
+        touchpoint("crm.touchpoint.phone.membership_ended", customer_id="c-42"),
+        0,
+        program="association",
     )
     service = build_profile(profile_settings(endpoints, topic_prefix, url))
     async with running(service):
         pool = service.app.state.runtime.db
-        for event in (visit, joined, linked, stale_end):
-            await produce(endpoints.bootstrap, topic, [(b"k", json.dumps(event).encode())])
-
-            async def stored(event_id: str = event["id"]) -> bool:
-                found: bool = await pool.fetchval(
-                    "SELECT count(*) > 0 FROM touchpoints WHERE event_id = $1", event_id
-                )
-                return found
-
-            await wait_until(stored, what=f"{event['type']} to be stored")
+        await deliver_one_by_one(
+            endpoints.bootstrap, topic, pool, [visit, joined, linked, stale_end]
+        )
         survivor = await pool.fetchval(
             "SELECT profile_id FROM touchpoints WHERE event_id = $1", visit["id"]
         )
