@@ -656,9 +656,10 @@ def render(run: Run, started: datetime, total_s: float) -> str:
         "- At 1,000 touchpoints/s posted in small batches the machine is nearly busy: every "
         "request costs ingest, every small transaction costs profile and PostgreSQL their fixed "
         "share (a commit, a relay round), and the broker and the bench take theirs. When "
-        "profile falls behind, touchpoints queue and the tail grows as the run goes on. Runs of "
-        "the same revision on this machine gave a p99 from about 300 ms to about 1.9 s, with "
-        "PostgreSQL's CPU over the 35 s from 7 to 19 s; the broker's own hop stays flat.",
+        "profile falls behind, touchpoints queue and the tail grows as the run goes on. Runs "
+        "of nearby revisions on this machine (24 November 2026) gave a p99 from about 300 ms "
+        "to about 1.9 s, with PostgreSQL's CPU over the 35 s from 7 to 19 s; the broker's own "
+        "hop stayed flat.",
         "",
     ]
     return "\n".join(lines)
