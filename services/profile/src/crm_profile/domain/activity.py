@@ -130,53 +130,56 @@ def sms_keyword(event: Any) -> str | None:
 
 def apply_contact_health(current: Contacts, event: Any) -> tuple[Contacts, bool]:
     """Health of the event's email address or phone number after one touchpoint about it;
-    whether it changed."""
-    if event.data.channel == "phone" and event.data.identities.phone is not None:
-        return _phone_health(current, event)
-    address = event.data.identities.email
-    if event.data.channel != "email" or address is None:
+    whether it changed. Every email touchpoint makes its address known as a contact point."""
+    found = _verdicts(event)
+    if found is None:
         return current, False
-    at: datetime = event.time
-    key = f"email:{address}"
+    channel, address, verdicts = found
+    key = f"{channel}:{address}"
     entry = dict(
         current.get(key)
-        or {"channel": "email", "address": address, "deliverable": True, "marketing": True}
+        or {"channel": channel, "address": address, "deliverable": True, "marketing": True}
     )
     before = dict(entry)
+    for flag, value, reason in verdicts:
+        _set(entry, flag, value, event.time, reason)
+    if entry == before and key in current:
+        return current, False
+    return {**current, key: entry}, True
+
+
+Verdict = tuple[str, bool, str | None]
+"""A health flag, its new value and the reason (None when it becomes true again)."""
+
+
+def _verdicts(event: Any) -> tuple[str, str, list[Verdict]] | None:
+    """The address a touchpoint is about (channel, address) and what it says of it. On the
+    phone only an SMS opt-out or opt-in keyword says anything; it changes marketing by SMS
+    (consent is separate: see `batch.consent_updates`)."""
+    data = event.data
+    if data.channel == "phone" and data.identities.phone is not None:
+        keyword = sms_keyword(event)
+        if keyword is None:
+            return None
+        stop = keyword == "stop"
+        return (
+            "phone",
+            data.identities.phone,
+            [("marketing", not stop, "unsubscribed" if stop else None)],
+        )
+    if data.channel != "email" or data.identities.email is None:
+        return None
     action = event.action
-    if action == "bounced" and event.data.bounce_type in ("hard", "block"):
-        _set(entry, "deliverable", False, at, "bounced")
+    verdicts: list[Verdict] = []
+    if action == "bounced" and data.bounce_type in ("hard", "block"):
+        verdicts.append(("deliverable", False, "bounced"))
     elif action == "complained":
-        _set(entry, "marketing", False, at, "complained")
-    elif action == "unsubscribed" and event.data.purpose == "marketing":
-        _set(entry, "marketing", False, at, "unsubscribed")
+        verdicts.append(("marketing", False, "complained"))
+    elif action == "unsubscribed" and data.purpose == "marketing":
+        verdicts.append(("marketing", False, "unsubscribed"))
     elif event.type in REACHED:
-        _set(entry, "deliverable", True, at, None)
-    if entry == before and key in current:
-        return current, False
-    return {**current, key: entry}, True
-
-
-def _phone_health(current: Contacts, event: Any) -> tuple[Contacts, bool]:
-    """A phone number's entry: an SMS opt-out keyword ends marketing to it by SMS, an opt-in
-    keyword allows it again (consent is still needed: see `handlers.consent_updates`)."""
-    keyword = sms_keyword(event)
-    number = event.data.identities.phone
-    key = f"phone:{number}"
-    if keyword is None:
-        return current, False
-    entry = dict(
-        current.get(key)
-        or {"channel": "phone", "address": number, "deliverable": True, "marketing": True}
-    )
-    before = dict(entry)
-    if keyword == "stop":
-        _set(entry, "marketing", False, event.time, "unsubscribed")
-    else:
-        _set(entry, "marketing", True, event.time, None)
-    if entry == before and key in current:
-        return current, False
-    return {**current, key: entry}, True
+        verdicts.append(("deliverable", True, None))
+    return "email", data.identities.email, verdicts
 
 
 def _set(entry: dict[str, Any], flag: str, value: bool, at: datetime, reason: str | None) -> None:
