@@ -116,6 +116,30 @@ def one_by_one(apply: Apply[E]) -> ApplyBatch[E]:
 Decoded = tuple[ConsumerRecord[bytes, bytes], Received[E]]
 
 
+async def claim(conn: DbConnection, consumer: str, batch: Sequence[Received[E]]) -> list[E]:
+    """Record the batch's event ids as processed by `consumer`, in the caller's transaction;
+    returns the events not seen before, in order, each once (a copy later in the batch is a
+    duplicate too)."""
+    # Claimed in sorted order, so two consumers claiming the same ids (after a rebalance)
+    # queue behind each other instead of deadlocking.
+    claimed = {
+        r[0]
+        for r in await conn.fetch(
+            "INSERT INTO processed_events (consumer, event_id) "
+            "SELECT $1, id FROM unnest($2::text[]) AS id ORDER BY id "
+            "ON CONFLICT DO NOTHING RETURNING event_id",
+            consumer,
+            sorted({received.event_id for received in batch}),
+        )
+    }
+    fresh: list[E] = []
+    for received in batch:
+        if received.event_id in claimed:
+            claimed.discard(received.event_id)
+            fresh.append(received.event)
+    return fresh
+
+
 class IdempotentConsumer(Generic[E]):
     """Reads records in batches (up to `consumer_batch_size`, whatever is buffered) and applies
     each batch in one transaction. When a batch fails for a reason of its own (not an outage,
@@ -271,23 +295,7 @@ class IdempotentConsumer(Generic[E]):
         """One transaction: claim the event ids, apply the events not seen before (in order,
         each once), queue what they emit. Returns how many were new."""
         async with self._pool.acquire() as conn, conn.transaction():
-            # Claimed in sorted order, so two consumers claiming the same ids (after a
-            # rebalance) queue behind each other instead of deadlocking.
-            claimed = {
-                r[0]
-                for r in await conn.fetch(
-                    "INSERT INTO processed_events (consumer, event_id) "
-                    "SELECT $1, id FROM unnest($2::text[]) AS id ORDER BY id "
-                    "ON CONFLICT DO NOTHING RETURNING event_id",
-                    self.name,
-                    sorted({received.event_id for received in batch}),
-                )
-            }
-            fresh: list[E] = []
-            for received in batch:
-                if received.event_id in claimed:
-                    claimed.discard(received.event_id)  # a copy later in the batch is a duplicate
-                    fresh.append(received.event)
+            fresh = await claim(conn, self.name, batch)
             if fresh:
                 await write_outbox(conn, await self._apply(conn, fresh))
         if self._settings.fault_crash_point == "after_db_commit":

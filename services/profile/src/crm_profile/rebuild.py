@@ -6,8 +6,8 @@ The target database must hold no profiles yet (it is migrated first). Every reco
 as the live consumer applies it, in batches of `CRM_CONSUMER_BATCH_SIZE` a transaction, and
 claimed in processed_events under the live consumer's name, so the service can later run on
 the rebuilt database without handling anything twice. Nothing is published: the live database
-already did. Records that are not valid touchpoints are skipped and counted (the live consumer
-dead-lettered them).
+already did. Records the live consumer dead-letters (not valid touchpoints, identifier kinds
+not in CRM_IDENTIFIER_KINDS) are skipped and counted.
 
 The topic must still hold every touchpoint: its retention (retention.ms, retention.bytes) has
 to be unlimited, or at least longer than the history profiles should keep. It then also holds
@@ -37,8 +37,8 @@ from crm_profile.app import migrations
 from crm_profile.handlers import touchpoint_effects
 from crm_profile.settings import ProfileSettings
 from crm_profile.store import erasure_log, identifier_hash
-from crm_shared.consumer import Contended
-from crm_shared.contracts import TOUCHPOINT_ADAPTER, TOUCHPOINTS, dedupe_key, json_context
+from crm_shared.consumer import Contended, Received, Undecodable, claim, decode_touchpoint
+from crm_shared.contracts import TOUCHPOINTS
 from crm_shared.database import apply_migrations, create_pool
 from crm_shared.kafka import create_producer
 from crm_shared.logging import configure_logging, get_logger
@@ -97,7 +97,8 @@ async def rebuild(
             )
         apply = touchpoint_effects(Runtime(settings=settings, producer=producer))
         report = Report()
-        pending: list[Any] = []
+        pending: list[Received[Any]] = []
+        decode = decode_touchpoint(settings.identifier_kinds)
 
         async def flush() -> None:
             """The pending events in one transaction, as the live consumer applies a batch
@@ -105,21 +106,7 @@ async def rebuild(
             for _ in range(CONTENDED_TRIES):
                 try:
                     async with pool.acquire() as conn, conn.transaction():
-                        claimed = {
-                            r[0]
-                            for r in await conn.fetch(
-                                "INSERT INTO processed_events (consumer, event_id) "
-                                "SELECT $1, unnest($2::text[]) "
-                                "ON CONFLICT DO NOTHING RETURNING event_id",
-                                CONSUMER,
-                                sorted({dedupe_key(event) for event in pending}),
-                            )
-                        }
-                        fresh = []
-                        for event in pending:
-                            if dedupe_key(event) in claimed:
-                                claimed.discard(dedupe_key(event))
-                                fresh.append(event)
+                        fresh = await claim(conn, CONSUMER, pending)
                         if fresh:
                             await apply(conn, fresh)
                     break
@@ -134,16 +121,14 @@ async def rebuild(
         async for record in _every_record(settings, idle_s=idle_s):
             report.records += 1
             try:
-                event: Any = TOUCHPOINT_ADAPTER.validate_json(
-                    record.value or b"", context=json_context(record.value or b"")
-                )
-            except ValidationError:
-                report.skipped += 1
+                received = decode(record)  # what the live consumer would read
+            except (ValidationError, Undecodable):
+                report.skipped += 1  # the live consumer dead-lettered it
                 continue
-            if _erased(event, record, forgotten):
+            if _erased(received.event, record, forgotten):
                 report.forgotten += 1
                 continue
-            pending.append(event)
+            pending.append(received)
             if len(pending) >= settings.consumer_batch_size:
                 await flush()
         if pending:
