@@ -293,6 +293,13 @@ def local_broker_pid() -> int | None:
     return pid if comm(pid) == "tansu" else None
 
 
+def broker_name(bootstrap: str) -> str:
+    """Which broker a run used, for its machine table."""
+    if local_broker_pid() is not None:
+        return "Tansu, in memory (scripts/localinfra.py)"
+    return f"Kafka at {bootstrap}"
+
+
 def git_revision() -> str:
     head = subprocess.run(
         ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True

@@ -39,7 +39,6 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from tests.support import (
     Endpoints,
     ServiceProcess,
-    database_url,
     free_port,
     service_env,
     wait_until,
@@ -52,10 +51,12 @@ from common import (
     Figure,
     Person,
     as_records,
+    broker_name,
     children_of,
-    comm,
     cpu_count,
+    create_database,
     describe,
+    drop_databases,
     endpoints_from_environment,
     fixed,
     git_revision,
@@ -67,7 +68,7 @@ from common import (
     machine_busy_seconds,
     percentile,
     population,
-    stat_fields,
+    postgres_facts,
     touchpoints,
     write_section,
 )
@@ -118,26 +119,14 @@ class Bench:
 
     # --- setup and teardown ---
     async def create_database(self, service: str) -> str:
-        name = f"bench_{service}_{uuid.uuid4().hex[:8]}"
-        conn = await asyncpg.connect(self.endpoints.database_server)
-        try:
-            await conn.execute(f'CREATE DATABASE "{name}"')
-        finally:
-            await conn.close()
+        name, url = await create_database(self.endpoints.database_server, service)
         self.databases.append(name)
-        return database_url(self.endpoints.database_server, name)
+        return url
 
     async def drop_databases(self) -> None:
         for conn in self.db.values():
             await conn.close()
-        if not self.databases:
-            return
-        conn = await asyncpg.connect(self.endpoints.database_server)
-        try:
-            for name in self.databases:
-                await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        finally:
-            await conn.close()
+        await drop_databases(self.endpoints.database_server, self.databases)
 
     async def start(self) -> None:
         await create_topics(self.endpoints.bootstrap, prefix=self.prefix, partitions=PARTITIONS)
@@ -177,28 +166,12 @@ class Bench:
             await admin.close()
 
     async def describe_machine(self) -> None:
-        server = await asyncpg.connect(self.endpoints.database_server)
-        try:
-            pg_version = await server.fetchval("SELECT version()")
-            # Durability settings change commit cost by an order of magnitude: say which ran.
-            durability = {
-                name: await server.fetchval(f"SHOW {name}")
-                for name in ("fsync", "synchronous_commit")
-            }
-            # Our backend's parent is the postmaster (looked up while the backend still runs).
-            backend = await server.fetchval("SELECT pg_backend_pid()")
-            fields = stat_fields(backend) if comm(backend) == "postgres" else None
-            postmaster = int(fields[1]) if fields is not None else None
-        finally:
-            await server.close()
+        facts, postmaster = await postgres_facts(self.endpoints.database_server)
         broker_pid = local_broker_pid()
         self.machine = {
             **host_facts(),
-            "Broker": "Tansu, in memory (scripts/localinfra.py)"
-            if broker_pid is not None
-            else f"Kafka at {self.endpoints.bootstrap}",
-            "PostgreSQL": str(pg_version),
-            "PostgreSQL durability": ", ".join(f"{k}={v}" for k, v in durability.items()),
+            "Broker": broker_name(self.endpoints.bootstrap),
+            **facts,
             "Partitions per topic": str(PARTITIONS),
         }
         groups = self.cpu_groups.groups

@@ -54,6 +54,7 @@ from common import (  # noqa: E402
     ROOT,
     BenchFailure,
     Person,
+    broker_name,
     cpu_count,
     describe,
     endpoints_from_environment,
@@ -402,9 +403,7 @@ async def bench(run: Run) -> None:
     print(f"bench:   best {run.raw.rate:,.0f} events/s")
     run.machine = {
         **host_facts(),
-        "Broker": "Tansu, in memory (scripts/localinfra.py)"
-        if local_broker_pid() is not None
-        else f"Kafka at {run.endpoints.bootstrap}",
+        "Broker": broker_name(run.endpoints.bootstrap),
         "Partitions": str(PARTITIONS),
     }
 

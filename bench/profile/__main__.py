@@ -62,6 +62,7 @@ from common import (  # noqa: E402
     BenchFailure,
     CpuGroups,
     as_records,
+    broker_name,
     children_of,
     cpu_count,
     create_database,
@@ -522,9 +523,7 @@ async def bench(run: Run) -> None:
     facts, run.postmaster = await postgres_facts(run.endpoints.database_server)
     run.machine = {
         **host_facts(),
-        "Broker": "Tansu, in memory (scripts/localinfra.py)"
-        if local_broker_pid() is not None
-        else f"Kafka at {run.endpoints.bootstrap}",
+        "Broker": broker_name(run.endpoints.bootstrap),
         **facts,
         "Partitions": str(PARTITIONS),
     }
