@@ -21,11 +21,13 @@ from urllib.parse import urlsplit, urlunsplit
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
 from prometheus_client.parser import text_string_to_metric_families
+from pydantic_settings import BaseSettings
 
 from crm_shared.service import Service
 
 ROOT = Path(__file__).resolve().parent.parent
 T = TypeVar("T")
+S = TypeVar("S", bound=BaseSettings)
 
 
 @dataclass(frozen=True)
@@ -91,6 +93,13 @@ def service_env(endpoints: Endpoints, prefix: str, database: str | None = None) 
     if database is not None:
         env["CRM_DATABASE_URL"] = database
     return env
+
+
+def service_settings(cls: type[S], endpoints: Endpoints, prefix: str, url: str, **extra: Any) -> S:
+    """A service's settings for a test run in this process: `service_env`, then `extra`."""
+    env = service_env(endpoints, prefix, url)
+    fields: dict[str, Any] = {k.removeprefix("CRM_").lower(): v for k, v in env.items()}
+    return cls.model_validate({**fields, **extra})
 
 
 @overload

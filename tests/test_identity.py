@@ -40,6 +40,7 @@ from tests.support import (
     read_topic,
     running,
     service_env,
+    service_settings,
     values_of,
     wait_until,
 )
@@ -48,9 +49,7 @@ ADMIN = {"Authorization": "Bearer dev-admin-token"}
 
 
 def profile_settings(endpoints: Endpoints, prefix: str, url: str, **extra: Any) -> ProfileSettings:
-    env = service_env(endpoints, prefix, url)
-    fields: dict[str, Any] = {k.removeprefix("CRM_").lower(): v for k, v in env.items()}
-    return ProfileSettings.model_validate({**fields, **extra})
+    return service_settings(ProfileSettings, endpoints, prefix, url, **extra)
 
 
 def touchpoint(event_type: str, **identities: Any) -> dict[str, Any]:

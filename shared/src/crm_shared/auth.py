@@ -6,7 +6,10 @@ import hmac
 from collections.abc import Sequence
 
 from fastapi import HTTPException, Request
+from fastapi.exceptions import RequestValidationError
 from pydantic import SecretStr
+
+from crm_shared.settings import ApiSettings
 
 
 def bearer_token(request: Request) -> str | None:
@@ -31,3 +34,22 @@ def role_of(request: Request, admin: Sequence[SecretStr], agent: Sequence[Secret
     raise HTTPException(
         401, "the bearer token is not valid", headers={"WWW-Authenticate": "Bearer"}
     )
+
+
+def authorised(request: Request) -> None:
+    """A route dependency: 401 without a known bearer token; the role in `request.state.role`."""
+    settings = request.app.state.runtime.settings
+    assert isinstance(settings, ApiSettings)
+    request.state.role = role_of(request, settings.api_tokens, settings.agent_tokens)
+
+
+def no_nul(request: Request) -> None:
+    """A route dependency: PostgreSQL stores no NUL character in text, so a parameter holding
+    one is refused here, naming it, rather than failing in the query."""
+    params = [("path", k, v) for k, v in request.path_params.items()]
+    params += [("query", k, v) for k, v in request.query_params.multi_items()]
+    bad = [(where, name) for where, name, value in params if "\x00" in str(value)]
+    if bad:
+        raise RequestValidationError(
+            [{"type": "value_error", "loc": loc, "msg": "contains a NUL character"} for loc in bad]
+        )

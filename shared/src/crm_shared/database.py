@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass
 from importlib import resources
 from typing import Any
@@ -140,3 +141,14 @@ async def migrate(url: str, migrations: list[Migration]) -> list[str]:
         return await apply_migrations(conn, migrations)
     finally:
         await conn.close()
+
+
+async def lock_keys(conn: DbConnection, keys: Iterable[str]) -> None:
+    """Transaction-scoped advisory locks on `keys`, always taken in one order (by hash), so two
+    transactions that lock overlapping sets queue behind each other instead of deadlocking."""
+    await conn.execute(
+        "SELECT pg_advisory_xact_lock(h) FROM ("
+        "  SELECT DISTINCT hashtextextended(k, 0) AS h FROM unnest($1::text[]) AS k ORDER BY 1"
+        ") AS ordered",
+        list(keys),
+    )

@@ -16,9 +16,8 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field, ValidationError
 
 from crm_profile import store
-from crm_profile.settings import ProfileSettings
 from crm_profile.snapshots import snapshot_data
-from crm_shared.auth import role_of
+from crm_shared.auth import authorised, no_nul
 from crm_shared.consumer import Contended
 from crm_shared.contracts import (
     IDENTIFIER_STRENGTH,
@@ -58,24 +57,6 @@ class ProfileView(BaseModel):
     updated_at: datetime
 
 
-def _authorised(request: Request) -> None:
-    settings = runtime_of(request).settings
-    assert isinstance(settings, ProfileSettings)
-    request.state.role = role_of(request, settings.api_tokens, settings.agent_tokens)
-
-
-def _no_nul(request: Request) -> None:
-    """PostgreSQL stores no NUL character in text: a parameter holding one is refused here,
-    naming it, rather than failing in the query."""
-    params = [("path", k, v) for k, v in request.path_params.items()]
-    params += [("query", k, v) for k, v in request.query_params.multi_items()]
-    bad = [(where, name) for where, name, value in params if "\x00" in str(value)]
-    if bad:
-        raise RequestValidationError(
-            [{"type": "value_error", "loc": loc, "msg": "contains a NUL character"} for loc in bad]
-        )
-
-
 def _admin(request: Request) -> None:
     if request.state.role != "admin":
         raise HTTPException(403, "only the admin role may erase")
@@ -95,7 +76,7 @@ ONE_PROFILE: dict[int | str, dict[str, Any]] = {
 }
 
 router = APIRouter(
-    prefix="/v1", tags=["profiles"], dependencies=[Depends(_authorised), Depends(_no_nul)]
+    prefix="/v1", tags=["profiles"], dependencies=[Depends(authorised), Depends(no_nul)]
 )
 
 EXAMPLE = {

@@ -15,7 +15,7 @@ from crm_profile.domain.membership import Memberships
 from crm_profile.domain.resolution import IdentifierKey
 from crm_profile.domain.state import Consents, Traits
 from crm_shared.consumer import Contended
-from crm_shared.database import DbConnection
+from crm_shared.database import DbConnection, lock_keys
 
 if TYPE_CHECKING:
     from crm_profile.batch import Writes
@@ -41,12 +41,7 @@ class ProfileRow:
 async def lock_identifiers(conn: DbConnection, keys: Sequence[IdentifierKey]) -> None:
     """Serialise resolution of the same identifiers across instances: transaction-scoped
     advisory locks, always taken in one sorted order so two events never deadlock."""
-    await conn.execute(
-        "SELECT pg_advisory_xact_lock(h) FROM ("
-        "  SELECT DISTINCT hashtextextended(k, 0) AS h FROM unnest($1::text[]) AS k ORDER BY 1"
-        ") AS ordered",
-        [f"{kind}:{value}" for kind, value in keys],
-    )
+    await lock_keys(conn, (f"{kind}:{value}" for kind, value in keys))
 
 
 async def owners(conn: DbConnection, keys: Sequence[IdentifierKey]) -> dict[IdentifierKey, str]:
