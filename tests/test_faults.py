@@ -116,7 +116,9 @@ async def test_a_consumer_killed_mid_flow_has_exactly_one_effect_after_restart(
     loyalty.start()
     await loyalty.wait_ready()
     await wait_until(lambda: _records_read(loyalty, copies), what="loyalty to read every copy")
-    assert await _scalar(loyalty_db, "SELECT touchpoints FROM accounts") == 1
+    # The example purchase, 42.50 EUR in a store at 1.5 points a euro, earned once.
+    assert await _scalar(loyalty_db, "SELECT balance FROM accounts") == 63
+    assert await _scalar(loyalty_db, "SELECT count(*) FROM ledger") == 1
 
 
 async def _outbox_empty(url: str) -> bool:

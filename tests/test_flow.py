@@ -120,8 +120,11 @@ async def test_a_cloudevent_posted_to_ingest_flows_through_all_four_services(
         loyalty = await asyncpg.connect(loyalty_db)
         notify = await asyncpg.connect(notify_db)
         try:
+            # A page view earns nothing; loyalty still read it, once.
             counted = await loyalty.fetchval(
-                "SELECT touchpoints FROM accounts WHERE profile_id = $1", profile["profile_id"]
+                "SELECT count(*) FROM processed_events "
+                "WHERE consumer = 'loyalty.touchpoints' AND event_id = $1",
+                f"{event['source']}\x1f{event['id']}",
             )
             seen = await notify.fetchval(
                 "SELECT profile_id FROM touchpoints_seen WHERE event_id = $1", event["id"]

@@ -1,8 +1,10 @@
-"""Loyalty's wiring: settings, migrations and consumers."""
+"""Loyalty's wiring: settings, the program, migrations, consumers and the API."""
 
 from __future__ import annotations
 
+from crm_loyalty.api import router
 from crm_loyalty.handlers import touchpoint_effects
+from crm_loyalty.program import Program, load_program
 from crm_loyalty.settings import LoyaltySettings
 from crm_shared import replica
 from crm_shared.consumer import decode_resolved_touchpoint
@@ -16,17 +18,25 @@ def migrations() -> list[Migration]:
     return plumbing_migrations() + replica.migrations() + load_migrations("loyalty", "crm_loyalty")
 
 
-def build(settings: LoyaltySettings | None = None) -> Service:
+def build(settings: LoyaltySettings | None = None, program: Program | None = None) -> Service:
+    """The service; a ProgramError when the program file is bad."""
+    settings = settings or LoyaltySettings()
+    program = program or load_program(settings.program_path())
     service = Service(
-        settings or LoyaltySettings(),
+        settings,
         title="crm loyalty",
         description="Points, tiers and segments, from resolved touchpoints and profiles.",
         migrations=migrations(),
     )
-    service.consume(
-        "loyalty.touchpoints", TOUCHPOINTS_RESOLVED, decode_resolved_touchpoint, touchpoint_effects
+    service.app.state.program = program
+    service.consume_batches(
+        "loyalty.touchpoints",
+        TOUCHPOINTS_RESOLVED,
+        decode_resolved_touchpoint,
+        touchpoint_effects(program),
     )
     service.consume("loyalty.profiles", PROFILES, replica.decode_profile_record, replica.effects)
+    service.app.include_router(router)
     return service
 
 

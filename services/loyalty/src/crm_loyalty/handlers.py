@@ -1,21 +1,126 @@
-"""Loyalty's consumers: count each resolved touchpoint once per account, keep the profiles."""
+"""Loyalty's consumers: apply a batch of resolved touchpoints to the points ledger in one
+transaction, and emit what changed on `crm.loyalty.v1` through the outbox; keep the profiles."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 from crm_loyalty import store
-from crm_shared.contracts import TouchpointEnvelope
+from crm_loyalty.domain.ledger import Ledger, Outcome, PointsMoved
+from crm_loyalty.program import PURCHASE_ACTIONS, Program
+from crm_shared.consumer import ApplyBatch
+from crm_shared.contracts import LOYALTY, TouchpointEnvelope, derived_event_id
+from crm_shared.contracts.derived import (
+    PointsData,
+    PointsEarned,
+    PointsExpired,
+    PointsRedeemed,
+    PointsReversed,
+    TierChanged,
+    TierChangedData,
+)
+from crm_shared.contracts.envelope import CloudEvent
 from crm_shared.database import DbConnection
 from crm_shared.kafka import OutgoingRecord
+from crm_shared.outbox import event_record
 from crm_shared.service import Runtime
 
+POINTS_EVENTS: dict[str, type[CloudEvent[PointsData]]] = {
+    "earned": PointsEarned,
+    "reversed": PointsReversed,
+    "redeemed": PointsRedeemed,
+    "restored": PointsEarned,
+    "expired": PointsExpired,
+}
 
-def touchpoint_effects(_: Runtime) -> Any:
-    async def apply(conn: DbConnection, event: TouchpointEnvelope[Any]) -> Sequence[OutgoingRecord]:
-        assert event.profileid is not None
-        await store.count_touchpoint(conn, event.profileid, event.id, event.time)
-        return []
 
-    return apply
+def _counts(program: Program) -> frozenset[str]:
+    """The touchpoint actions that can move points under `program`."""
+    return PURCHASE_ACTIONS | {"order_refunded"} | {b.action for b in program.earn.bonuses}
+
+
+def loyalty_event(outcome: Outcome, *, source: str) -> CloudEvent[Any]:
+    """The `crm.loyalty.v1` event of an outcome; its id is fixed by what caused it."""
+    if isinstance(outcome, PointsMoved):
+        cls = POINTS_EVENTS[outcome.kind]
+        return cls(
+            specversion="1.0",
+            id=derived_event_id(
+                "loyalty-points", outcome.kind, outcome.source_event_id, outcome.profile_id
+            ),
+            source=source,
+            type=cls.model_fields["type"].annotation.__args__[0],  # type: ignore[union-attr]
+            time=outcome.time,
+            subject=outcome.profile_id,
+            data=PointsData(
+                profile_id=outcome.profile_id,
+                source_event_id=outcome.source_event_id,
+                points=outcome.points,
+                balance=outcome.balance,
+                reason=outcome.reason,
+            ),
+        )
+    return TierChanged(
+        specversion="1.0",
+        id=derived_event_id(
+            "loyalty-tier",
+            outcome.source_event_id or outcome.time.isoformat(),
+            outcome.profile_id,
+            outcome.to_tier,
+        ),
+        source=source,
+        type="crm.loyalty.tier_changed",
+        time=outcome.time,
+        subject=outcome.profile_id,
+        data=TierChangedData(
+            profile_id=outcome.profile_id,
+            source_event_id=outcome.source_event_id,
+            from_tier=outcome.from_tier,
+            to_tier=outcome.to_tier,
+            direction=outcome.direction,
+            reason=outcome.reason,
+        ),
+    )
+
+
+def loyalty_records(
+    outcomes: Iterable[Outcome], *, topic: str, source: str
+) -> list[OutgoingRecord]:
+    return [
+        event_record(topic, outcome.profile_id, loyalty_event(outcome, source=source))
+        for outcome in outcomes
+    ]
+
+
+def touchpoint_effects(program: Program) -> Any:
+    """The batch effect function of `loyalty.touchpoints`, for `Service.consume_batches`."""
+
+    def build(runtime: Runtime) -> ApplyBatch[TouchpointEnvelope[Any]]:
+        topic = LOYALTY.full_name(runtime.settings.topic_prefix)
+        source = f"crm-{runtime.settings.service_name}"
+        counting = _counts(program)
+
+        async def apply(
+            conn: DbConnection, events: Sequence[TouchpointEnvelope[Any]]
+        ) -> Sequence[OutgoingRecord]:
+            moving = [e for e in events if e.type.rsplit(".", 1)[1] in counting]
+            if not moving:
+                return []
+            order_ids = {e.data.order_id for e in moving if hasattr(e.data, "order_id")}
+            profile_ids = {e.profileid for e in moving if e.profileid is not None}
+            # An order's account may not be the event's (a refund that came first): lock the
+            # orders, read which accounts they belong to, then lock every account involved.
+            await store.lock_orders(conn, order_ids)
+            orders = await store.load_orders(conn, order_ids)
+            involved = profile_ids | {o.profile_id for o in orders.values()}
+            await store.lock_accounts(conn, involved)
+            ledger = Ledger(program, await store.load_accounts(conn, involved), orders)
+            for event in moving:
+                ledger.apply(event)
+            await store.save(conn, ledger)
+            return loyalty_records(ledger.outcomes, topic=topic, source=source)
+
+        return apply
+
+    return build

@@ -2,22 +2,316 @@
 
 from __future__ import annotations
 
+from collections.abc import Collection, Iterable
+from dataclasses import dataclass
 from datetime import datetime
+from decimal import Decimal
+from typing import Any
 
-from crm_shared.database import DbConnection
+import asyncpg
+
+from crm_loyalty.domain.ledger import Account, Debt, Ledger, Lot, Order
+from crm_shared.database import DbConnection, lock_keys
 
 
-async def count_touchpoint(
-    conn: DbConnection, profile_id: str, event_id: str, event_time: datetime
-) -> None:
-    await conn.execute(
-        "INSERT INTO accounts (profile_id, touchpoints, last_event_id, last_event_time) "
-        "VALUES ($1, 1, $2, $3) ON CONFLICT (profile_id) DO UPDATE SET "
-        "touchpoints = accounts.touchpoints + 1, "
-        "last_event_id = EXCLUDED.last_event_id, "
-        "last_event_time = GREATEST(accounts.last_event_time, EXCLUDED.last_event_time), "
-        "updated_at = now()",
+# Every writer of an order or an account holds its advisory lock, orders before accounts, each
+# set taken in one sorted statement: writers queue behind each other and never deadlock.
+async def lock_orders(conn: DbConnection, order_ids: Collection[str]) -> None:
+    if order_ids:
+        await lock_keys(conn, {f"order:{o}" for o in order_ids})
+
+
+async def lock_accounts(conn: DbConnection, profile_ids: Iterable[str]) -> None:
+    await lock_keys(conn, {f"account:{p}" for p in profile_ids})
+
+
+async def load_orders(conn: DbConnection, order_ids: Iterable[str]) -> dict[str, Order]:
+    rows = await conn.fetch(
+        "SELECT * FROM orders WHERE order_id = ANY($1::text[])", sorted(set(order_ids))
+    )
+    return {
+        r["order_id"]: Order(
+            r["order_id"],
+            r["profile_id"],
+            r["order_event_id"],
+            r["ordered_at"],
+            r["revenue"],
+            r["earned_points"],
+            r["earned_qualifying"],
+            r["refunded"],
+            r["refunded_all"],
+            r["reversed_points"],
+            r["reversed_qualifying"],
+            r["last_refund_event_id"],
+        )
+        for r in rows
+    }
+
+
+async def load_accounts(conn: DbConnection, profile_ids: Iterable[str]) -> dict[str, Account]:
+    """The accounts with their open lots, debts and qualifying months (locked by the caller)."""
+    ids = sorted(set(profile_ids))
+    accounts = {
+        r["profile_id"]: Account(
+            r["profile_id"], r["balance"], r["tier"], r["tier_since"], once=set(r["once_bonuses"])
+        )
+        for r in await conn.fetch(
+            "SELECT profile_id, balance, tier, tier_since, once_bonuses FROM accounts "
+            "WHERE profile_id = ANY($1::text[])",
+            ids,
+        )
+    }
+    for r in await conn.fetch(
+        "SELECT * FROM lots WHERE profile_id = ANY($1::text[]) ORDER BY earned_at, entry_id", ids
+    ):
+        accounts[r["profile_id"]].lots.append(
+            Lot(r["entry_id"], r["earned_at"], r["expires_at"], r["remaining"], r["order_id"])
+        )
+    for r in await conn.fetch(
+        "SELECT d.entry_id, d.profile_id, d.unpaid FROM debts d JOIN ledger l USING (entry_id) "
+        "WHERE d.profile_id = ANY($1::text[]) ORDER BY l.seq",
+        ids,
+    ):
+        accounts[r["profile_id"]].debts.append(Debt(r["entry_id"], r["unpaid"]))
+    for r in await conn.fetch(
+        "SELECT profile_id, month, amount FROM qualifying_months "
+        "WHERE profile_id = ANY($1::text[])",
+        ids,
+    ):
+        accounts[r["profile_id"]].qualifying[r["month"]] = r["amount"]
+    return accounts
+
+
+async def save(conn: DbConnection, ledger: Ledger) -> None:
+    """Write what a batch changed: one statement per table."""
+    accounts = [ledger.accounts[p] for p in sorted(ledger.changed_accounts)]
+    if accounts:
+        await conn.execute(
+            "INSERT INTO accounts (profile_id, balance, tier, tier_since, once_bonuses) "
+            "SELECT p, b, t, s, string_to_array(o, ',') "
+            "FROM unnest($1::text[], $2::bigint[], $3::text[], $4::timestamptz[], $5::text[]) "
+            "AS a(p, b, t, s, o) "
+            "ON CONFLICT (profile_id) DO UPDATE SET balance = EXCLUDED.balance, "
+            "tier = EXCLUDED.tier, tier_since = EXCLUDED.tier_since, "
+            "once_bonuses = EXCLUDED.once_bonuses, updated_at = now()",
+            [a.profile_id for a in accounts],
+            [a.balance for a in accounts],
+            [a.tier for a in accounts],
+            [a.tier_since for a in accounts],
+            [",".join(sorted(a.once)) for a in accounts],  # names hold no comma
+        )
+    entries = ledger.entries
+    if entries:
+        await conn.execute(
+            "INSERT INTO ledger (entry_id, profile_id, source_event_id, rule, kind, points, "
+            "qualifying, occurred_at, expires_at, order_id, program_version) "
+            "SELECT a, b, c, d, e, f, g, h, i, j, k "
+            "FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], "
+            "$6::bigint[], $7::numeric[], $8::timestamptz[], $9::timestamptz[], $10::text[], "
+            "$11::integer[]) WITH ORDINALITY AS u(a, b, c, d, e, f, g, h, i, j, k, n) "
+            "ORDER BY n",  # the sequence numbers follow the order the entries were made in
+            [e.entry_id for e in entries],
+            [e.profile_id for e in entries],
+            [e.source_event_id for e in entries],
+            [e.rule for e in entries],
+            [e.kind for e in entries],
+            [e.points for e in entries],
+            [e.qualifying for e in entries],
+            [e.occurred_at for e in entries],
+            [e.expires_at for e in entries],
+            [e.order_id for e in entries],
+            [e.program_version for e in entries],
+        )
+    await _save_lots(conn, ledger)
+    await _save_debts(conn, ledger)
+    if ledger.allocations:
+        pairs = sorted(ledger.allocations.items())
+        await conn.execute(
+            "INSERT INTO allocations (debit_id, credit_id, points) "
+            "SELECT * FROM unnest($1::text[], $2::text[], $3::bigint[])",
+            [debit for (debit, _), _ in pairs],
+            [credit for (_, credit), _ in pairs],
+            [points for _, points in pairs],
+        )
+    orders = [ledger.orders[o] for o in sorted(ledger.changed_orders)]
+    if orders:
+        await conn.execute(
+            "INSERT INTO orders (order_id, profile_id, order_event_id, ordered_at, revenue, "
+            "earned_points, earned_qualifying, refunded, refunded_all, reversed_points, "
+            "reversed_qualifying, last_refund_event_id) "
+            "SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::timestamptz[], "
+            "$5::numeric[], $6::bigint[], $7::numeric[], $8::numeric[], $9::boolean[], "
+            "$10::bigint[], $11::numeric[], $12::text[]) "
+            "ON CONFLICT (order_id) DO UPDATE SET profile_id = EXCLUDED.profile_id, "
+            "order_event_id = EXCLUDED.order_event_id, ordered_at = EXCLUDED.ordered_at, "
+            "revenue = EXCLUDED.revenue, earned_points = EXCLUDED.earned_points, "
+            "earned_qualifying = EXCLUDED.earned_qualifying, refunded = EXCLUDED.refunded, "
+            "refunded_all = EXCLUDED.refunded_all, reversed_points = EXCLUDED.reversed_points, "
+            "reversed_qualifying = EXCLUDED.reversed_qualifying, "
+            "last_refund_event_id = EXCLUDED.last_refund_event_id, updated_at = now()",
+            [o.order_id for o in orders],
+            [o.profile_id for o in orders],
+            [o.order_event_id for o in orders],
+            [o.ordered_at for o in orders],
+            [o.revenue for o in orders],
+            [o.earned_points for o in orders],
+            [o.earned_qualifying for o in orders],
+            [o.refunded for o in orders],
+            [o.refunded_all for o in orders],
+            [o.reversed_points for o in orders],
+            [o.reversed_qualifying for o in orders],
+            [o.last_refund_event_id for o in orders],
+        )
+    months = sorted(ledger.changed_months)
+    if months:
+        await conn.execute(
+            "INSERT INTO qualifying_months (profile_id, month, amount) "
+            "SELECT * FROM unnest($1::text[], $2::date[], $3::numeric[]) "
+            "ON CONFLICT (profile_id, month) DO UPDATE SET amount = EXCLUDED.amount",
+            [p for p, _ in months],
+            [m for _, m in months],
+            [ledger.accounts[p].qualifying.get(m, Decimal(0)) for p, m in months],
+        )
+
+
+async def _save_lots(conn: DbConnection, ledger: Ledger) -> None:
+    lots = sorted(ledger.changed_lots.values(), key=lambda lot: lot.entry_id)
+    owner = {lot.entry_id: a.profile_id for a in ledger.accounts.values() for lot in a.lots}
+    empty = [lot.entry_id for lot in lots if lot.remaining == 0]
+    kept = [lot for lot in lots if lot.remaining > 0]
+    if empty:
+        await conn.execute("DELETE FROM lots WHERE entry_id = ANY($1::text[])", empty)
+    if kept:
+        await conn.execute(
+            "INSERT INTO lots (entry_id, profile_id, earned_at, expires_at, remaining, order_id) "
+            "SELECT * FROM unnest($1::text[], $2::text[], $3::timestamptz[], "
+            "$4::timestamptz[], $5::bigint[], $6::text[]) "
+            "ON CONFLICT (entry_id) DO UPDATE SET remaining = EXCLUDED.remaining",
+            [lot.entry_id for lot in kept],
+            [owner[lot.entry_id] for lot in kept],
+            [lot.earned_at for lot in kept],
+            [lot.expires_at for lot in kept],
+            [lot.remaining for lot in kept],
+            [lot.order_id for lot in kept],
+        )
+
+
+async def _save_debts(conn: DbConnection, ledger: Ledger) -> None:
+    debts = sorted(ledger.changed_debts.values(), key=lambda debt: debt.entry_id)
+    owner = {d.entry_id: a.profile_id for a in ledger.accounts.values() for d in a.debts}
+    paid = [d.entry_id for d in debts if d.unpaid == 0]
+    open_ = [d for d in debts if d.unpaid > 0]
+    if paid:
+        await conn.execute("DELETE FROM debts WHERE entry_id = ANY($1::text[])", paid)
+    if open_:
+        await conn.execute(
+            "INSERT INTO debts (entry_id, profile_id, unpaid) "
+            "SELECT * FROM unnest($1::text[], $2::text[], $3::bigint[]) "
+            "ON CONFLICT (entry_id) DO UPDATE SET unpaid = EXCLUDED.unpaid",
+            [d.entry_id for d in open_],
+            [owner[d.entry_id] for d in open_],
+            [d.unpaid for d in open_],
+        )
+
+
+# --- reading ------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class AccountRow:
+    profile_id: str
+    balance: int
+    tier: str
+    tier_since: datetime
+    opened_at: datetime
+    updated_at: datetime
+
+
+async def find_account(conn: DbConnection | asyncpg.Pool, profile_id: str) -> AccountRow | None:
+    row = await conn.fetchrow(
+        "SELECT profile_id, balance, tier, tier_since, opened_at, updated_at FROM accounts "
+        "WHERE profile_id = $1",
         profile_id,
-        event_id,
-        event_time,
+    )
+    return AccountRow(**dict(row)) if row is not None else None
+
+
+async def qualifying_months(
+    conn: DbConnection | asyncpg.Pool, profile_id: str
+) -> dict[Any, Decimal]:
+    rows = await conn.fetch(
+        "SELECT month, amount FROM qualifying_months WHERE profile_id = $1", profile_id
+    )
+    return {r["month"]: r["amount"] for r in rows}
+
+
+async def expiring(
+    conn: DbConnection | asyncpg.Pool, profile_id: str
+) -> list[tuple[datetime, int]]:
+    """Points waiting in lots by expiry time, soonest first."""
+    rows = await conn.fetch(
+        "SELECT expires_at, sum(remaining) AS points FROM lots "
+        "WHERE profile_id = $1 AND expires_at IS NOT NULL GROUP BY expires_at ORDER BY 1",
+        profile_id,
+    )
+    return [(r["expires_at"], r["points"]) for r in rows]
+
+
+async def ledger_page(
+    conn: DbConnection | asyncpg.Pool, profile_id: str, before: int | None, limit: int
+) -> list[asyncpg.Record]:
+    """Entries newest first, a page at a time (keyset on the entry's sequence number)."""
+    return list(
+        await conn.fetch(
+            "SELECT seq, entry_id, source_event_id, rule, kind, points, qualifying, "
+            "occurred_at, expires_at, order_id, program_version, recorded_at "
+            "FROM ledger WHERE profile_id = $1 AND ($2::bigint IS NULL OR seq < $2) "
+            "ORDER BY seq DESC LIMIT $3",
+            profile_id,
+            before,
+            limit,
+        )
+    )
+
+
+async def discrepancies(conn: DbConnection | asyncpg.Pool) -> list[asyncpg.Record]:
+    """Accounts whose stored balance, lots, debts or allocations disagree with the ledger."""
+    return list(
+        await conn.fetch(
+            """
+            WITH sums AS (
+                SELECT profile_id, sum(points) AS ledger_sum FROM ledger GROUP BY profile_id
+            ), open AS (
+                SELECT a.profile_id,
+                       coalesce((SELECT sum(remaining) FROM lots l
+                                 WHERE l.profile_id = a.profile_id), 0)
+                     - coalesce((SELECT sum(unpaid) FROM debts d
+                                 WHERE d.profile_id = a.profile_id), 0) AS open_sum
+                FROM accounts a
+            ), credits AS (
+                SELECT e.profile_id, e.entry_id FROM ledger e
+                LEFT JOIN lots l USING (entry_id)
+                WHERE e.points > 0 AND e.points <> coalesce(l.remaining, 0)
+                    + coalesce((SELECT sum(points) FROM allocations x
+                                WHERE x.credit_id = e.entry_id), 0)
+            ), debits AS (
+                SELECT e.profile_id, e.entry_id FROM ledger e
+                LEFT JOIN debts d USING (entry_id)
+                WHERE e.points < 0 AND -e.points <> coalesce(d.unpaid, 0)
+                    + coalesce((SELECT sum(points) FROM allocations x
+                                WHERE x.debit_id = e.entry_id), 0)
+            )
+            SELECT a.profile_id, a.balance, coalesce(s.ledger_sum, 0) AS ledger_sum,
+                   o.open_sum,
+                   (SELECT count(*) FROM credits c WHERE c.profile_id = a.profile_id)
+                     + (SELECT count(*) FROM debits d WHERE d.profile_id = a.profile_id)
+                     AS entries_off
+            FROM accounts a
+            LEFT JOIN sums s USING (profile_id)
+            JOIN open o USING (profile_id)
+            WHERE a.balance <> coalesce(s.ledger_sum, 0)
+               OR o.open_sum <> coalesce(s.ledger_sum, 0)
+               OR EXISTS (SELECT 1 FROM credits c WHERE c.profile_id = a.profile_id)
+               OR EXISTS (SELECT 1 FROM debits d WHERE d.profile_id = a.profile_id)
+            ORDER BY a.profile_id
+            """
+        )
     )

@@ -1,0 +1,473 @@
+"""The points ledger as plain data: what a touchpoint earns or reverses, in which lots the
+points sit, and when an account's tier rises. No I/O: the handler loads the accounts and orders
+a batch touches, applies the events in order, and writes what changed.
+
+- **Entries** are append-only, one per (source event, rule), with a deterministic id.
+- **Lots**: a credit's points wait in a lot until spent, reversed or expired; debits take from
+  lots first in, first out by earning time (a refund first from its own order's lot). A debit
+  that finds too few points leaves a debt, which the next credits pay first. So
+  `balance = sum(lot remaining) - sum(debt unpaid) = sum(entry points)`, always.
+- **Refunds** reverse the share of what the order earned that the refunded amounts make up, so
+  partial refunds add up to exactly the order's points, and a refund that arrives before its
+  order waits on the order and is applied when the order comes.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from datetime import date, datetime
+from decimal import ROUND_DOWN, Decimal
+from typing import Any, Literal
+
+from dateutil.relativedelta import relativedelta
+
+from crm_loyalty.program import PURCHASE_ACTIONS, Program
+from crm_shared.contracts import derived_event_id
+
+QUANTUM = Decimal("0.0001")
+
+EntryKind = Literal["earn", "bonus", "reversal", "redemption", "restore", "expiry"]
+
+
+@dataclass
+class Lot:
+    entry_id: str
+    earned_at: datetime
+    expires_at: datetime | None
+    remaining: int
+    order_id: str | None = None
+
+
+@dataclass
+class Debt:
+    entry_id: str
+    unpaid: int
+
+
+@dataclass
+class Account:
+    profile_id: str
+    balance: int
+    tier: str
+    tier_since: datetime
+    lots: list[Lot] = field(default_factory=list)
+    """Lots with points left, first earned first."""
+    debts: list[Debt] = field(default_factory=list)
+    """Debits not yet covered by points, oldest first."""
+    qualifying: dict[date, Decimal] = field(default_factory=dict)
+    """Qualifying points or spend by calendar month (the first of the month, UTC)."""
+    once: set[str] = field(default_factory=set)
+    """Bonuses an account gets once, already given."""
+    is_new: bool = False
+
+    def qualifying_over(self, window_months: int, at: datetime) -> Decimal:
+        """Qualifying total of `at`'s month and the `window_months - 1` months before it."""
+        last = month_of(at)
+        first = last - relativedelta(months=window_months - 1)
+        return sum(
+            (amount for month, amount in self.qualifying.items() if first <= month <= last),
+            Decimal(0),
+        )
+
+
+@dataclass
+class Order:
+    """What an order earned and what of it refunds took back. A refund that arrives first
+    makes an order with no revenue yet."""
+
+    order_id: str
+    profile_id: str
+    order_event_id: str | None = None
+    ordered_at: datetime | None = None
+    revenue: Decimal | None = None
+    earned_points: int = 0
+    earned_qualifying: Decimal = Decimal(0)
+    refunded: Decimal = Decimal(0)
+    refunded_all: bool = False
+    reversed_points: int = 0
+    reversed_qualifying: Decimal = Decimal(0)
+    last_refund_event_id: str | None = None
+
+
+@dataclass(frozen=True)
+class Entry:
+    entry_id: str
+    profile_id: str
+    source_event_id: str
+    rule: str
+    kind: EntryKind
+    points: int
+    qualifying: Decimal
+    occurred_at: datetime
+    expires_at: datetime | None
+    order_id: str | None
+    program_version: int
+
+
+@dataclass(frozen=True)
+class PointsMoved:
+    """Points earned, reversed, redeemed, restored or expired by one event, for
+    `crm.loyalty.v1`."""
+
+    kind: Literal["earned", "reversed", "redeemed", "restored", "expired"]
+    profile_id: str
+    source_event_id: str
+    points: int
+    balance: int
+    reason: str
+    time: datetime
+
+
+@dataclass(frozen=True)
+class TierMoved:
+    profile_id: str
+    source_event_id: str | None
+    from_tier: str | None
+    to_tier: str
+    direction: Literal["up", "down"]
+    reason: str
+    time: datetime
+
+
+Outcome = PointsMoved | TierMoved
+
+
+class NotEnoughPoints(Exception):
+    def __init__(self, balance: int, cost: int) -> None:
+        super().__init__(f"the balance is {balance} points, the reward costs {cost}")
+        self.balance = balance
+        self.cost = cost
+
+
+def month_of(moment: datetime) -> date:
+    return date(moment.year, moment.month, 1)
+
+
+def entry_id(source_event_id: str, rule: str) -> str:
+    return derived_event_id("loyalty-entry", source_event_id, rule)
+
+
+def _floor(value: Decimal) -> int:
+    return math.floor(value)
+
+
+class Ledger:
+    """Applies events to the accounts and orders a batch loaded; remembers what changed."""
+
+    def __init__(
+        self, program: Program, accounts: dict[str, Account], orders: dict[str, Order]
+    ) -> None:
+        self.program = program
+        self.accounts = accounts
+        self.orders = orders
+        self.entries: list[Entry] = []
+        self.allocations: dict[tuple[str, str], int] = {}
+        self.outcomes: list[Outcome] = []
+        self.changed_accounts: set[str] = set()
+        self.changed_orders: set[str] = set()
+        self.changed_months: set[tuple[str, date]] = set()
+        self.changed_lots: dict[str, Lot] = {}
+        self.changed_debts: dict[str, Debt] = {}
+
+    # --- events ---------------------------------------------------------------------------
+    def apply(self, event: Any) -> None:
+        """One resolved touchpoint (its `profileid` names the account)."""
+        action = event.type.rsplit(".", 1)[1]
+        if action in PURCHASE_ACTIONS:
+            self._purchase(event)
+        elif action == "order_refunded":
+            self._refund(event)
+        else:
+            self._bonuses(event, action)
+
+    def _purchase(self, event: Any) -> None:
+        data = event.data
+        order = self.orders.get(data.order_id)
+        if order is not None and order.order_event_id is not None:
+            return  # the same order sent again under another event id earns nothing more
+        account = self.account(event.profileid, event.time)
+        if order is None:
+            order = self.orders[data.order_id] = Order(data.order_id, account.profile_id)
+        order.profile_id = account.profile_id  # a refund that came first may name another
+        program = self.program
+        rate = program.earn.purchases.get(data.channel, {}).get(data.currency)
+        base = data.revenue * rate if rate is not None else Decimal(0)
+        points = _floor(base * program.tier(account.tier).multiplier)
+        if program.tiers.qualify_on == "points":
+            qualifying = Decimal(_floor(base))
+        else:
+            qualifying = data.revenue if data.currency == program.currency else Decimal(0)
+        order.order_event_id, order.ordered_at, order.revenue = event.id, event.time, data.revenue
+        order.earned_points, order.earned_qualifying = points, qualifying
+        self.changed_orders.add(order.order_id)
+        rule = f"purchase:{data.channel}"
+        if points or qualifying:
+            self._credit(account, event, rule, "earn", points, qualifying, order)
+        if points:
+            self._moved("earned", account, event.id, points, rule, event.time)
+        if order.last_refund_event_id is not None:
+            self._reverse(account, order, order.last_refund_event_id, event.time)
+        self._upgrade(account, event.id, event.time)
+
+    def _refund(self, event: Any) -> None:
+        data = event.data
+        order = self.orders.get(data.order_id)
+        if order is None:
+            order = self.orders[data.order_id] = Order(data.order_id, event.profileid)
+        if data.amount is None:
+            order.refunded_all = True
+        else:
+            order.refunded += data.amount
+        order.last_refund_event_id = event.id
+        self.changed_orders.add(order.order_id)
+        if order.order_event_id is not None:
+            # The points go back from the account the order earned for.
+            self._reverse(self.account(order.profile_id, event.time), order, event.id, event.time)
+
+    def _bonuses(self, event: Any, action: str) -> None:
+        tracked = getattr(event.data, "event", None) if action == "tracked" else None
+        matching = [
+            bonus
+            for bonus in self.program.earn.bonuses
+            if bonus.action == action and bonus.tracked_event == tracked
+        ]
+        if not matching:
+            return
+        account = self.account(event.profileid, event.time)
+        earned: list[str] = []
+        points = 0
+        counts = self.program.tiers.qualify_on == "points"
+        for bonus in matching:
+            if bonus.once and bonus.name in account.once:
+                continue
+            qualifying = Decimal(bonus.points) if bonus.qualifying and counts else Decimal(0)
+            self._credit(account, event, f"bonus:{bonus.name}", "bonus", bonus.points, qualifying)
+            if bonus.once:
+                account.once.add(bonus.name)
+            earned.append(f"bonus:{bonus.name}")
+            points += bonus.points
+        if earned:
+            self._moved("earned", account, event.id, points, ", ".join(earned), event.time)
+            self._upgrade(account, event.id, event.time)
+
+    def redeem(
+        self, profile_id: str, redemption_id: str, reward_id: str, cost: int, at: datetime
+    ) -> None:
+        """Spend `cost` points on a reward, first earned first; NotEnoughPoints if the balance
+        is short (a redemption never makes a debt)."""
+        account = self.accounts.get(profile_id)
+        balance = account.balance if account is not None else 0
+        if account is None or balance < cost:
+            raise NotEnoughPoints(balance, cost)
+        self.changed_accounts.add(profile_id)
+        entry = self._entry(
+            account, redemption_id, f"reward:{reward_id}", "redemption", -cost, Decimal(0), at
+        )
+        self._take(account, entry.entry_id, cost, None)
+        self._moved("redeemed", account, redemption_id, -cost, f"reward:{reward_id}", at)
+
+    # --- the ledger's moves -----------------------------------------------------------------
+    def account(self, profile_id: str, at: datetime) -> Account:
+        """The account of `profile_id`, opened at the base tier when it has none."""
+        account = self.accounts.get(profile_id)
+        if account is None:
+            base = self.program.tiers.levels[0].name
+            account = Account(profile_id, 0, base, at, is_new=True)
+            self.accounts[profile_id] = account
+        self.changed_accounts.add(profile_id)
+        return account
+
+    def _entry(
+        self,
+        account: Account,
+        source_event_id: str,
+        rule: str,
+        kind: EntryKind,
+        points: int,
+        qualifying: Decimal,
+        at: datetime,
+        expires_at: datetime | None = None,
+        order_id: str | None = None,
+    ) -> Entry:
+        entry = Entry(
+            entry_id(source_event_id, rule),
+            account.profile_id,
+            source_event_id,
+            rule,
+            kind,
+            points,
+            qualifying,
+            at,
+            expires_at,
+            order_id,
+            self.program.version,
+        )
+        self.entries.append(entry)
+        account.balance += points
+        return entry
+
+    def _credit(
+        self,
+        account: Account,
+        event: Any,
+        rule: str,
+        kind: EntryKind,
+        points: int,
+        qualifying: Decimal,
+        order: Order | None = None,
+    ) -> None:
+        expiry = self.program.expiry
+        expires_at = event.time + relativedelta(months=expiry.months) if expiry else None
+        order_id = order.order_id if order is not None else None
+        entry = self._entry(
+            account, event.id, rule, kind, points, qualifying, event.time, expires_at, order_id
+        )
+        self._add_qualifying(account, event.time, qualifying)
+        self._fill(account, entry.entry_id, points, event.time, expires_at, order_id)
+
+    def _fill(
+        self,
+        account: Account,
+        credit_id: str,
+        points: int,
+        earned_at: datetime,
+        expires_at: datetime | None,
+        order_id: str | None,
+    ) -> None:
+        """Pay open debts with a credit's points, oldest first, and lay the rest down as a lot."""
+        left = points
+        for debt in account.debts:
+            if left == 0:
+                break
+            take = min(debt.unpaid, left)
+            self._allocate(debt.entry_id, credit_id, take)
+            debt.unpaid -= take
+            left -= take
+            self.changed_debts[debt.entry_id] = debt
+        account.debts = [d for d in account.debts if d.unpaid > 0]
+        if left > 0:
+            lot = Lot(credit_id, earned_at, expires_at, left, order_id)
+            account.lots.append(lot)
+            account.lots.sort(key=lambda x: (x.earned_at, x.entry_id))
+            self.changed_lots[credit_id] = lot
+
+    def _take(self, account: Account, debit_id: str, points: int, prefer: str | None) -> None:
+        """Take `points` for a debit from the lots (those of order `prefer` first, then first
+        earned first); what they lack becomes a debt."""
+        need = points
+        ordered = (
+            sorted(account.lots, key=lambda lot: lot.order_id != prefer)
+            if prefer
+            else list(account.lots)
+        )
+        for lot in ordered:
+            if need == 0:
+                break
+            take = min(lot.remaining, need)
+            self._allocate(debit_id, lot.entry_id, take)
+            lot.remaining -= take
+            need -= take
+            self.changed_lots[lot.entry_id] = lot
+        account.lots = [lot for lot in account.lots if lot.remaining > 0]
+        if need > 0:
+            debt = Debt(debit_id, need)
+            account.debts.append(debt)
+            self.changed_debts[debit_id] = debt
+
+    def _allocate(self, debit_id: str, credit_id: str, points: int) -> None:
+        if points > 0:
+            key = (debit_id, credit_id)
+            self.allocations[key] = self.allocations.get(key, 0) + points
+
+    def _reverse(self, account: Account, order: Order, source_event_id: str, at: datetime) -> None:
+        """Bring what the order's refunds took back up to their share of what it earned."""
+        assert order.revenue is not None
+        assert order.ordered_at is not None
+        whole = order.refunded_all or order.refunded >= order.revenue or order.revenue == 0
+        if whole:
+            points, qualifying = order.earned_points, order.earned_qualifying
+        else:
+            share = order.refunded / order.revenue
+            points = _floor(order.earned_points * share)
+            qualifying = order.earned_qualifying * share
+            # Qualifying points are whole, like the points; spend keeps its cents.
+            whole_units = self.program.tiers.qualify_on == "points"
+            qualifying = (
+                Decimal(_floor(qualifying))
+                if whole_units
+                else qualifying.quantize(QUANTUM, ROUND_DOWN)
+            )
+        points_back = points - order.reversed_points
+        qualifying_back = qualifying - order.reversed_qualifying
+        if points_back <= 0 and qualifying_back <= 0:
+            return
+        points_back, qualifying_back = max(points_back, 0), max(qualifying_back, Decimal(0))
+        entry = self._entry(
+            account,
+            source_event_id,
+            "refund",
+            "reversal",
+            -points_back,
+            -qualifying_back,
+            at,
+            order_id=order.order_id,
+        )
+        # Qualifying comes off the month the order counted in, so the window forgets it.
+        self._add_qualifying(account, order.ordered_at, -qualifying_back)
+        self._take(account, entry.entry_id, points_back, order.order_id)
+        order.reversed_points += points_back
+        order.reversed_qualifying += qualifying_back
+        self.changed_orders.add(order.order_id)
+        if points_back:
+            self._moved(
+                "reversed", account, source_event_id, -points_back, f"refund:{order.order_id}", at
+            )
+
+    def _add_qualifying(self, account: Account, at: datetime, amount: Decimal) -> None:
+        if amount:
+            month = month_of(at)
+            account.qualifying[month] = account.qualifying.get(month, Decimal(0)) + amount
+            self.changed_months.add((account.profile_id, month))
+
+    def _upgrade(self, account: Account, source_event_id: str, at: datetime) -> None:
+        """Move the account up the moment its qualifying total reaches a higher tier."""
+        tiers = self.program.tiers
+        total = account.qualifying_over(tiers.window_months, at)
+        reached = self.program.tier_for(total)
+        if self.program.rank(reached.name) <= self.program.rank(account.tier):
+            return
+        self.outcomes.append(
+            TierMoved(
+                account.profile_id,
+                source_event_id,
+                account.tier,
+                reached.name,
+                "up",
+                f"{total.normalize():f} qualifying {tiers.qualify_on} in {tiers.window_months} "
+                f"months reached {reached.name}'s {reached.threshold.normalize():f}",
+                at,
+            )
+        )
+        account.tier, account.tier_since = reached.name, at
+
+    def _moved(
+        self,
+        kind: Literal["earned", "reversed", "redeemed", "restored", "expired"],
+        account: Account,
+        source_event_id: str,
+        points: int,
+        reason: str,
+        at: datetime,
+    ) -> None:
+        self.outcomes.append(
+            PointsMoved(
+                kind, account.profile_id, source_event_id, points, account.balance, reason, at
+            )
+        )
+
+
+def open_points(lots: Iterable[Lot], debts: Iterable[Debt]) -> int:
+    """What the lots and debts say the balance is (the ledger's sum must agree)."""
+    return sum(lot.remaining for lot in lots) - sum(debt.unpaid for debt in debts)

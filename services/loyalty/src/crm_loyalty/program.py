@@ -1,0 +1,275 @@
+"""The loyalty program file: earn rates, bonuses, tiers, expiry and rewards, as YAML.
+
+A program is versioned, not hot-reloaded: the service reads the file once at start and refuses
+to start on a bad one, naming the line and the reason. Every ledger entry records the version
+that earned it, so a change of rules is a new version and a restart, and what was earned under
+the old one stays as it was.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from decimal import Decimal
+from pathlib import Path
+from typing import Annotated, Literal
+
+import yaml
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from crm_shared.contracts import touchpoint_types
+from crm_shared.contracts.touchpoints import Channel, CurrencyCode, ProgramName
+
+EXAMPLE_PROGRAM = Path(__file__).with_name("example_program.yaml")
+
+ACTIONS = frozenset(name.rsplit(".", 1)[1] for name in touchpoint_types())
+PURCHASE_ACTIONS = frozenset({"order_completed", "purchase"})
+
+Name = Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9_-]{0,63}$")]
+Rate = Annotated[Decimal, Field(gt=0, max_digits=12, decimal_places=4)]
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Bonus(Strict):
+    """Fixed points for an action: a sign-up, an answered survey, a tracked review."""
+
+    name: Name
+    action: str = Field(description="the touchpoint action, e.g. `signed_up` or `tracked`")
+    tracked_event: str | None = Field(
+        default=None, description="for `action: tracked`, the tracked event's name"
+    )
+    points: Annotated[int, Field(gt=0, le=10_000_000)]
+    once: bool = Field(default=False, description="at most once per account")
+    qualifying: bool = Field(default=False, description="whether the points count towards tiers")
+
+    @model_validator(mode="after")
+    def _known_action(self) -> Bonus:
+        if self.action not in ACTIONS:
+            raise ValueError(
+                f"action {self.action!r} is not a touchpoint action; one of {sorted(ACTIONS)}"
+            )
+        if self.action in PURCHASE_ACTIONS | {"order_refunded"}:
+            raise ValueError(f"purchases earn by `earn.purchases`, not by a bonus on {self.action}")
+        if (self.tracked_event is None) != (self.action != "tracked"):
+            raise ValueError("`tracked_event` names the event of `action: tracked`, and only then")
+        return self
+
+
+class Earn(Strict):
+    purchases: dict[Channel, dict[CurrencyCode, Rate]] = Field(
+        description="points per currency unit of an order's revenue, by channel and currency; "
+        "an order in a currency not listed earns nothing"
+    )
+    bonuses: list[Bonus] = Field(default_factory=list)
+
+
+class Tier(Strict):
+    name: Name
+    threshold: Annotated[Decimal, Field(ge=0)] = Field(
+        description="qualifying points or spend over the window that reach this tier"
+    )
+    multiplier: Annotated[Decimal, Field(ge=1, le=100)] = Field(
+        default=Decimal(1), description="purchase points are multiplied by it"
+    )
+    benefits: list[str] = Field(default_factory=list)
+
+
+class Tiers(Strict):
+    qualify_on: Literal["points", "spend"] = Field(
+        description="`points`: purchase points before the tier multiplier, and bonuses marked "
+        "`qualifying`; `spend`: order revenue in the program's currency"
+    )
+    window_months: Annotated[int, Field(ge=1, le=120)] = Field(
+        description="the rolling window: this calendar month and the N-1 before it (UTC)"
+    )
+    review_every_months: Annotated[int, Field(ge=1, le=120)] = Field(
+        description="how often an account's tier is reviewed for a downgrade"
+    )
+    grace_months: Annotated[int, Field(ge=0, le=120)] = Field(
+        description="how long an account may stay below its tier's threshold before a review "
+        "moves it down"
+    )
+    levels: list[Tier] = Field(min_length=1, description="lowest first; the first has threshold 0")
+
+
+class Expiry(Strict):
+    months: Annotated[int, Field(ge=1, le=240)] = Field(
+        description="points expire this many months after the event that earned them"
+    )
+    warn_days: Annotated[int, Field(ge=0, le=365)] = Field(
+        description="a `points_expiring` event goes out this many days before"
+    )
+
+
+class Reward(Strict):
+    id: Name
+    name: Annotated[str, Field(min_length=1, max_length=200)]
+    cost: Annotated[int, Field(gt=0, le=100_000_000)]
+    stock: Annotated[int, Field(ge=0)] | None = Field(
+        default=None, description="how many may ever be redeemed; none: no limit"
+    )
+    valid_from: AwareDatetime | None = None
+    valid_until: AwareDatetime | None = None
+
+    @model_validator(mode="after")
+    def _valid_period(self) -> Reward:
+        if self.valid_from and self.valid_until and self.valid_until <= self.valid_from:
+            raise ValueError("valid_until must be after valid_from")
+        return self
+
+    def available_at(self, moment: datetime) -> bool:
+        return (self.valid_from is None or self.valid_from <= moment) and (
+            self.valid_until is None or moment < self.valid_until
+        )
+
+
+class Program(Strict):
+    """A loyalty program (the YAML file's top level)."""
+
+    program: ProgramName
+    version: Annotated[int, Field(ge=1)] = Field(
+        description="raise it with every change of rules; ledger entries record it"
+    )
+    currency: CurrencyCode = Field(description="the currency tier spend is counted in")
+    earn: Earn
+    tiers: Tiers
+    expiry: Expiry | None = Field(default=None, description="none: points never expire")
+    rewards: list[Reward] = Field(default_factory=list)
+
+    def tier(self, name: str) -> Tier:
+        for level in self.tiers.levels:
+            if level.name == name:
+                return level
+        # An account keeps a tier a newer program version dropped; it earns as the base tier.
+        return self.tiers.levels[0]
+
+    def tier_for(self, qualifying: Decimal) -> Tier:
+        """The highest tier whose threshold `qualifying` reaches."""
+        reached = self.tiers.levels[0]
+        for level in self.tiers.levels:
+            if qualifying >= level.threshold:
+                reached = level
+        return reached
+
+    def rank(self, name: str) -> int:
+        names = [t.name for t in self.tiers.levels]
+        return names.index(name) if name in names else 0
+
+    def reward(self, reward_id: str) -> Reward | None:
+        return next((r for r in self.rewards if r.id == reward_id), None)
+
+
+Loc = tuple[int | str, ...]
+
+
+def _twice(names: list[str]) -> list[int]:
+    """Positions of names already seen earlier in the list."""
+    return [i for i, name in enumerate(names) if name in names[:i]]
+
+
+def inconsistencies(program: Program) -> list[tuple[Loc, str]]:
+    """What is wrong across the items of a program that each validate alone."""
+    found: list[tuple[Loc, str]] = []
+    levels = program.tiers.levels
+    if levels[0].threshold != 0:
+        found.append(
+            (
+                ("tiers", "levels", 0, "threshold"),
+                "the first tier, where every account starts, has threshold 0",
+            )
+        )
+    for i in range(1, len(levels)):
+        if levels[i].threshold <= levels[i - 1].threshold:
+            found.append(
+                (
+                    ("tiers", "levels", i, "threshold"),
+                    f"must be above {levels[i - 1].name!r}'s {levels[i - 1].threshold}",
+                )
+            )
+    for i in _twice([t.name for t in levels]):
+        found.append((("tiers", "levels", i, "name"), f"tier {levels[i].name!r} twice"))
+    bonuses = program.earn.bonuses
+    for i in _twice([b.name for b in bonuses]):
+        found.append((("earn", "bonuses", i, "name"), f"bonus {bonuses[i].name!r} twice"))
+    for i in _twice([r.id for r in program.rewards]):
+        found.append((("rewards", i, "id"), f"reward {program.rewards[i].id!r} twice"))
+    return found
+
+
+class ProgramError(Exception):
+    """A program file that cannot be used: where, and why."""
+
+    def __init__(self, path: str, line: int | None, reason: str) -> None:
+        super().__init__(path, line, reason)
+        self.path = path
+        self.line = line
+        self.reason = reason
+
+    def __str__(self) -> str:
+        where = f"{self.path}:{self.line}" if self.line is not None else self.path
+        return f"{where}: {self.reason}"
+
+
+def load_program(path: Path) -> Program:
+    """The program in `path`; a ProgramError naming the line for anything wrong with it."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ProgramError(str(path), None, f"cannot be read: {exc}") from None
+    return parse_program(text, str(path))
+
+
+def parse_program(text: str, name: str = "<program>") -> Program:
+    try:
+        tree = yaml.compose(text, Loader=yaml.SafeLoader)
+        content = yaml.safe_load(text)
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        line = mark.line + 1 if mark is not None else None
+        raise ProgramError(name, line, f"not valid YAML: {exc.problem or exc}") from None
+    except yaml.YAMLError as exc:
+        raise ProgramError(name, None, f"not valid YAML: {exc}") from None
+    if not isinstance(content, dict):
+        raise ProgramError(name, 1, "the program is a mapping (program, version, earn, ...)")
+    try:
+        program = Program.model_validate(content)
+        problems = inconsistencies(program)
+    except ValidationError as exc:
+        problems = [(tuple(e["loc"]), e["msg"].removeprefix("Value error, ")) for e in exc.errors()]
+    if problems:
+        lines = [_line_of(tree, loc) for loc, _ in problems]
+        reasons = [
+            f"{'.'.join(str(part) for part in loc) or 'program'}: {msg}"
+            + (f" (line {line})" if line is not None and n else "")
+            for n, ((loc, msg), line) in enumerate(zip(problems, lines, strict=True))
+        ]
+        raise ProgramError(name, lines[0], "; ".join(reasons))
+    return program
+
+
+def _line_of(node: yaml.Node | None, loc: tuple[int | str, ...]) -> int | None:
+    """The 1-based line of the deepest node `loc` reaches in the composed YAML."""
+    if node is None:
+        return None
+    line = node.start_mark.line + 1
+    for part in loc:
+        child: yaml.Node | None = None
+        if isinstance(node, yaml.MappingNode):
+            for key, value in node.value:
+                if isinstance(key, yaml.ScalarNode) and key.value == str(part):
+                    child = value
+                    line = key.start_mark.line + 1
+                    break
+        elif (
+            isinstance(node, yaml.SequenceNode)
+            and isinstance(part, int)
+            and 0 <= part < len(node.value)
+        ):
+            child = node.value[part]
+            line = child.start_mark.line + 1
+        if child is None:
+            break
+        node = child
+    return line

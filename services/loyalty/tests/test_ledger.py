@@ -1,0 +1,293 @@
+"""The points ledger as a pure domain: earning, bonuses, refunds in any order, tiers, and the
+bookkeeping that keeps every balance equal to the sum of its entries."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from typing import Any
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from crm_loyalty.domain.ledger import (
+    Account,
+    Ledger,
+    NotEnoughPoints,
+    Order,
+    PointsMoved,
+    TierMoved,
+    open_points,
+)
+from crm_loyalty.program import EXAMPLE_PROGRAM, Program, load_program
+from crm_shared.contracts import TOUCHPOINT_ADAPTER
+from crm_shared.contracts.examples import example_event
+
+PROGRAM = load_program(EXAMPLE_PROGRAM)
+START = datetime(2026, 3, 1, 9, tzinfo=UTC)
+
+
+def event(type_: str, event_id: str, profile: str = "p-1", hour: int = 0, **data: Any) -> Any:
+    document = example_event(f"crm.touchpoint.{type_}")
+    document["id"] = event_id
+    document["time"] = (START + timedelta(hours=hour)).isoformat()
+    document["profileid"] = profile
+    document["data"].update(data)
+    return TOUCHPOINT_ADAPTER.validate_json(json.dumps(document))
+
+
+def order(event_id: str, revenue: str, order_id: str, **kw: Any) -> Any:
+    return event("web.order_completed", event_id, revenue=revenue, order_id=order_id, **kw)
+
+
+def refund(event_id: str, order_id: str, amount: str | None, **kw: Any) -> Any:
+    return event("web.order_refunded", event_id, order_id=order_id, amount=amount, **kw)
+
+
+def run(events: list[Any], program: Program = PROGRAM, ledger: Ledger | None = None) -> Ledger:
+    ledger = ledger or Ledger(program, {}, {})
+    for e in events:
+        ledger.apply(e)
+    return ledger
+
+
+def assert_books_balance(ledger: Ledger) -> None:
+    """What `crm-loyalty check` proves on the database, here on the domain's state."""
+    for account in ledger.accounts.values():
+        entries = [e for e in ledger.entries if e.profile_id == account.profile_id]
+        assert account.balance == sum(e.points for e in entries)
+        assert open_points(account.lots, account.debts) == account.balance
+        lots = {lot.entry_id: lot.remaining for lot in account.lots}
+        debts = {debt.entry_id: debt.unpaid for debt in account.debts}
+        for e in entries:
+            paid_out = sum(p for (_, c), p in ledger.allocations.items() if c == e.entry_id)
+            paid_in = sum(p for (d, _), p in ledger.allocations.items() if d == e.entry_id)
+            if e.points > 0:
+                assert e.points == lots.get(e.entry_id, 0) + paid_out
+            elif e.points < 0:
+                assert -e.points == debts.get(e.entry_id, 0) + paid_in
+
+
+def test_a_web_order_and_a_store_purchase_earn_at_their_channels_rates() -> None:
+    ledger = run(
+        [
+            order("e-1", "89.90", "o-1"),
+            event("store.purchase", "e-2", hour=1, revenue="42.50", order_id="r-1"),
+        ]
+    )
+    account = ledger.accounts["p-1"]
+    assert [(e.rule, e.points) for e in ledger.entries] == [
+        ("purchase:web", 89),
+        ("purchase:store", 63),  # 42.50 x 1.5, rounded down
+    ]
+    assert account.balance == 152
+    assert [
+        (o.kind, o.points, o.balance) for o in ledger.outcomes if isinstance(o, PointsMoved)
+    ] == [
+        ("earned", 89, 89),
+        ("earned", 63, 152),
+    ]
+    first = ledger.entries[0]
+    assert first.expires_at == datetime(2028, 3, 1, 9, tzinfo=UTC), "24 months after earning"
+    assert first.program_version == PROGRAM.version
+    assert_books_balance(ledger)
+
+
+def test_an_order_in_a_currency_without_a_rate_earns_nothing() -> None:
+    ledger = run([order("e-1", "100", "o-1", currency="JPY")])
+    assert ledger.entries == []
+    assert [o for o in ledger.outcomes if isinstance(o, PointsMoved)] == []
+
+
+def test_the_same_order_under_a_second_event_id_earns_once() -> None:
+    ledger = run([order("e-1", "50", "o-1"), order("e-1-resent", "50", "o-1")])
+    assert [e.source_event_id for e in ledger.entries] == ["e-1"]
+    assert ledger.accounts["p-1"].balance == 50
+
+
+def test_the_tier_rises_the_moment_the_threshold_is_crossed_and_multiplies_later_orders() -> None:
+    ledger = run([order("e-1", "999", "o-1"), order("e-2", "1", "o-2"), order("e-3", "100", "o-3")])
+    moves = [o for o in ledger.outcomes if isinstance(o, TierMoved)]
+    assert [(m.from_tier, m.to_tier, m.direction, m.source_event_id) for m in moves] == [
+        ("member", "silver", "up", "e-2")
+    ]
+    assert moves[0].reason == "1000 qualifying points in 12 months reached silver's 1000"
+    assert ledger.accounts["p-1"].tier == "silver"
+    # Silver multiplies by 1.25: 100 EUR earns 125 points, and qualifies 100 (before it).
+    assert ledger.entries[-1].points == 125
+    assert ledger.entries[-1].qualifying == 100
+
+
+def test_one_big_order_can_lift_past_several_tiers() -> None:
+    ledger = run([order("e-1", "12000", "o-1")])
+    moves = [o for o in ledger.outcomes if isinstance(o, TierMoved)]
+    assert [(m.from_tier, m.to_tier) for m in moves] == [("member", "platinum")]
+
+
+def test_qualifying_counts_only_the_window_of_months() -> None:
+    ledger = Ledger(PROGRAM, {}, {})
+    old = order("e-1", "600", "o-1")
+    ledger.apply(old)
+    later = order("e-2", "600", "o-2")
+    # Twelve calendar months later the first order has left the 12-month window.
+    ledger.apply(later.model_copy(update={"time": START.replace(year=2027)}))
+    assert ledger.accounts["p-1"].tier == "member"
+    recent = order("e-3", "600", "o-3")
+    ledger.apply(recent.model_copy(update={"time": START.replace(year=2027, month=4)}))
+    assert ledger.accounts["p-1"].tier == "silver"
+
+
+def test_a_full_refund_reverses_exactly_what_the_order_earned() -> None:
+    ledger = run([order("e-1", "89.90", "o-1"), refund("e-2", "o-1", None)])
+    assert [(e.rule, e.points, int(e.qualifying)) for e in ledger.entries] == [
+        ("purchase:web", 89, 89),
+        ("refund", -89, -89),
+    ]
+    assert ledger.accounts["p-1"].balance == 0
+    assert sum(ledger.accounts["p-1"].qualifying.values()) == 0
+    assert_books_balance(ledger)
+
+
+@given(st.lists(st.integers(min_value=1, max_value=5000), min_size=1, max_size=6))
+def test_partial_refunds_add_up_to_exactly_the_orders_points(parts: list[int]) -> None:
+    revenue = Decimal(sum(parts)) / 100
+    events = [order("e-0", str(revenue), "o-1")]
+    events += [
+        refund(f"e-{n}", "o-1", str(Decimal(cents) / 100)) for n, cents in enumerate(parts, 1)
+    ]
+    ledger = run(events)
+    assert ledger.accounts["p-1"].balance == 0
+    reversals = [e for e in ledger.entries if e.kind == "reversal"]
+    assert all(e.points <= 0 and e.qualifying <= 0 for e in reversals)
+    assert all(e.points or e.qualifying for e in reversals), "no empty entries"
+    assert sum(e.qualifying for e in ledger.entries) == 0
+    assert_books_balance(ledger)
+
+
+def test_a_refund_before_its_order_waits_and_ends_in_the_same_books() -> None:
+    in_order = run([order("e-1", "200", "o-1"), refund("e-2", "o-1", "50")])
+    refund_first = run([refund("e-2", "o-1", "50"), order("e-1", "200", "o-1")])
+    for ledger in (in_order, refund_first):
+        assert ledger.accounts["p-1"].balance == 150
+        assert [(e.rule, e.points, e.source_event_id) for e in ledger.entries] == [
+            ("purchase:web", 200, "e-1"),
+            ("refund", -50, "e-2"),
+        ]
+        assert_books_balance(ledger)
+    waiting = run([refund("e-2", "o-1", "50")])
+    assert waiting.entries == []
+    assert waiting.orders["o-1"].revenue is None
+
+
+def test_a_refund_after_the_points_were_spent_leaves_a_debt_the_next_points_pay() -> None:
+    ledger = run([order("e-1", "100", "o-1")])
+    account = ledger.accounts["p-1"]
+    ledger.redeem("p-1", "r-1", "coffee", 80, START)
+    ledger.apply(refund("e-2", "o-1", None))
+    assert account.balance == -80
+    assert [d.unpaid for d in account.debts] == [80]
+    ledger.apply(order("e-3", "50", "o-2"))
+    assert [d.unpaid for d in account.debts] == [30]
+    assert account.lots == []
+    ledger.apply(order("e-4", "40", "o-3"))
+    assert account.debts == []
+    assert [lot.remaining for lot in account.lots] == [10]
+    assert account.balance == 10
+
+
+def test_bonuses_for_sign_up_surveys_and_tracked_reviews() -> None:
+    ledger = run(
+        [
+            event("web.signed_up", "e-1"),
+            event("web.signed_up", "e-2"),
+            event("feedback.survey_answered", "e-3"),
+            event("web.tracked", "e-4", event="review_published"),
+            event("web.tracked", "e-5", event="Wishlist Shared"),
+            event("web.tracked", "e-6", event="referral_converted"),
+        ]
+    )
+    assert [(e.source_event_id, e.rule, e.points, int(e.qualifying)) for e in ledger.entries] == [
+        ("e-1", "bonus:welcome", 250, 0),  # once per account: e-2 earns nothing
+        ("e-3", "bonus:survey", 50, 0),
+        ("e-4", "bonus:review", 100, 0),
+        ("e-6", "bonus:referral", 500, 500),  # marked qualifying in the example program
+    ]
+
+
+def test_a_page_view_opens_no_account() -> None:
+    assert run([event("web.page_viewed", "e-1")]).accounts == {}
+
+
+def test_loaded_state_carries_on_where_the_last_batch_stopped() -> None:
+    first = run([order("e-1", "900", "o-1")])
+    account = first.accounts["p-1"]
+    reloaded = Account(
+        account.profile_id,
+        account.balance,
+        account.tier,
+        account.tier_since,
+        lots=list(account.lots),
+        qualifying=dict(account.qualifying),
+    )
+    orders = {"o-1": Order(**vars(first.orders["o-1"]))}
+    second = run(
+        [order("e-2", "100", "o-2"), refund("e-3", "o-1", None)],
+        ledger=Ledger(PROGRAM, {"p-1": reloaded}, orders),
+    )
+    assert [(m.from_tier, m.to_tier) for m in second.outcomes if isinstance(m, TierMoved)] == [
+        ("member", "silver")
+    ]
+    assert reloaded.balance == 100
+    assert [e.points for e in second.entries] == [100, -900]
+
+
+operations = st.lists(
+    st.tuples(
+        st.sampled_from(["order", "refund", "spend", "bonus"]),
+        st.sampled_from(["p-1", "p-2"]),
+        st.integers(min_value=0, max_value=4),  # order number
+        st.integers(min_value=0, max_value=3000),  # amount
+    ),
+    max_size=40,
+)
+
+
+@settings(max_examples=150, deadline=None)
+@given(operations)
+def test_any_sequence_keeps_every_balance_equal_to_its_entries(ops: list[Any]) -> None:
+    ledger = Ledger(PROGRAM, {}, {})
+    for n, (kind, profile, number, amount) in enumerate(ops):
+        eid = f"e-{n}"
+        if kind == "order":
+            ledger.apply(
+                event(
+                    "web.order_completed",
+                    eid,
+                    profile,
+                    n,
+                    revenue=str(amount),
+                    order_id=f"o-{number}",
+                )
+            )
+        elif kind == "refund":
+            refunded = str(amount) if amount % 2 else None  # odd: that amount; even: all of it
+            ledger.apply(
+                event(
+                    "web.order_refunded", eid, profile, n, order_id=f"o-{number}", amount=refunded
+                )
+            )
+        elif kind == "bonus":
+            ledger.apply(event("feedback.survey_answered", eid, profile, n))
+        else:
+            balance = ledger.accounts[profile].balance if profile in ledger.accounts else 0
+            try:
+                ledger.redeem(profile, eid, "coffee", amount + 1, START)
+                assert balance >= amount + 1
+            except NotEnoughPoints:
+                assert balance < amount + 1
+    assert_books_balance(ledger)
+    for o in ledger.orders.values():
+        assert 0 <= o.reversed_points <= o.earned_points
+        if o.revenue is not None and o.refunded_all:
+            assert o.reversed_points == o.earned_points

@@ -1,0 +1,144 @@
+"""Loyalty against the real broker and PostgreSQL: orders on the web and in the store earn once
+each, lift the tier at once, refunds (even before their order) take back exactly what was
+earned, every change is on `crm.loyalty.v1`, and `crm-loyalty check` proves the balances."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from typing import Any
+
+import httpx
+import pytest
+
+from crm_loyalty.app import build
+from crm_loyalty.check import check
+from crm_loyalty.settings import LoyaltySettings
+from crm_shared.contracts import LOYALTY, TOUCHPOINTS_RESOLVED
+from crm_shared.contracts.examples import example_event
+from tests.conftest import Databases
+from tests.support import (
+    Endpoints,
+    produce,
+    read_topic,
+    running,
+    service_settings,
+    values_of,
+    wait_until,
+)
+
+ADMIN = {"Authorization": "Bearer dev-admin-token"}
+
+
+def resolved(type_: str, profile: str, minute: int, **data: Any) -> dict[str, Any]:
+    """A touchpoint as profile publishes it on crm.touchpoints.resolved.v1."""
+    event = example_event(f"crm.touchpoint.{type_}", event_id=str(uuid.uuid4()))
+    event["profileid"] = profile
+    event["time"] = f"2026-11-20T10:{minute:02}:00Z"
+    event["data"].update(data)
+    return event
+
+
+async def publish(endpoints: Endpoints, prefix: str, events: list[dict[str, Any]]) -> None:
+    await produce(
+        endpoints.bootstrap,
+        TOUCHPOINTS_RESOLVED.full_name(prefix),
+        [(e["profileid"].encode(), json.dumps(e).encode()) for e in events],
+    )
+
+
+async def handled(pool: Any, count: int) -> bool:
+    done: int = await pool.fetchval(
+        "SELECT count(*) FROM processed_events WHERE consumer = 'loyalty.touchpoints'"
+    )
+    return done >= count
+
+
+@pytest.fixture
+async def loyalty_url(databases: Databases) -> str:
+    return await databases.create("loyalty")
+
+
+async def test_orders_earn_once_lift_the_tier_and_refunds_take_back_exactly(
+    endpoints: Endpoints, topic_prefix: str, loyalty_url: str
+) -> None:
+    ana = f"p-{uuid.uuid4().hex[:8]}"
+    web = resolved("web.order_completed", ana, 1, order_id="o-1", revenue=600, currency="EUR")
+    store = resolved("store.purchase", ana, 2, order_id="r-1", revenue=300, currency="EUR")
+    early_refund = resolved("web.order_refunded", ana, 3, order_id="o-9", amount=None)
+    late_order = resolved(
+        "web.order_completed", ana, 4, order_id="o-9", revenue=100, currency="EUR"
+    )
+    page = resolved("web.page_viewed", ana, 5)
+    # The web order arrives twice (a producer's retry); the refund before its order.
+    events = [web, web, store, early_refund, late_order, page]
+    settings = service_settings(LoyaltySettings, endpoints, topic_prefix, loyalty_url)
+    service = build(settings)
+    async with running(service):
+        pool = service.app.state.runtime.db
+        await publish(endpoints, topic_prefix, events)
+        await wait_until(lambda: handled(pool, 5), what="loyalty to handle every touchpoint")
+        async with httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=service.app), base_url="http://loyalty"
+        ) as http:
+            summary = (await http.get(f"/v1/accounts/{ana}", headers=ADMIN)).json()
+            ledger = (await http.get(f"/v1/accounts/{ana}/ledger", headers=ADMIN)).json()
+            unknown = await http.get("/v1/accounts/p-nobody", headers=ADMIN)
+            anonymous = await http.get(f"/v1/accounts/{ana}")
+
+    # 600 web points, then 300 EUR in a store at 1.5 a euro: 1,050 qualifying, silver at once.
+    # The late order earns at silver (100 x 1.25) and its early refund takes all 125 back.
+    assert summary["balance"] == 600 + 450
+    assert summary["tier"]["name"] == "silver"
+    assert summary["tier"]["since"] == "2026-11-20T10:02:00Z"
+    assert summary["next_tier"] == {"name": "gold", "threshold": "4000", "missing": "2950"}
+    assert [(e["rule"], e["points"], e["source_event_id"]) for e in ledger["items"]] == [
+        ("refund", -125, early_refund["id"]),
+        ("purchase:web", 125, late_order["id"]),
+        ("purchase:store", 450, store["id"]),
+        ("purchase:web", 600, web["id"]),
+    ]
+    assert unknown.status_code == 404
+    assert anonymous.status_code == 401
+
+    out = values_of(
+        await read_topic(endpoints.bootstrap, LOYALTY.full_name(topic_prefix), at_least=5)
+    )
+    assert [(e["type"], e["data"].get("points"), e["data"].get("balance")) for e in out] == [
+        ("crm.loyalty.points_earned", 600, 600),
+        ("crm.loyalty.points_earned", 450, 1050),
+        ("crm.loyalty.tier_changed", None, None),
+        ("crm.loyalty.points_earned", 125, 1175),
+        ("crm.loyalty.points_reversed", -125, 1050),
+    ]
+    tier = out[2]["data"]
+    assert (tier["from_tier"], tier["to_tier"], tier["direction"]) == ("member", "silver", "up")
+    assert tier["source_event_id"] == store["id"]
+    assert {e["subject"] for e in out} == {ana}
+
+    assert await check(loyalty_url) == 0
+
+
+async def test_the_check_command_finds_a_balance_that_drifted_from_its_ledger(
+    endpoints: Endpoints, topic_prefix: str, loyalty_url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    ana = f"p-{uuid.uuid4().hex[:8]}"
+    settings = service_settings(LoyaltySettings, endpoints, topic_prefix, loyalty_url)
+    service = build(settings)
+    async with running(service):
+        pool = service.app.state.runtime.db
+        await publish(
+            endpoints,
+            topic_prefix,
+            [resolved("web.order_completed", ana, 1, order_id="o-1", revenue=50, currency="EUR")],
+        )
+        await wait_until(lambda: handled(pool, 1), what="the order to be handled")
+        assert await check(loyalty_url) == 0
+        await pool.execute("UPDATE accounts SET balance = balance + 7")
+        assert await check(loyalty_url) == 1
+        await pool.execute("UPDATE accounts SET balance = balance - 7")
+        await pool.execute("UPDATE lots SET remaining = remaining - 1")
+        assert await check(loyalty_url) == 1
+    printed = capsys.readouterr().out
+    assert f"account {ana}: balance 57, ledger sum 50, lots less debts 50" in printed
+    assert "1 of 1 accounts disagree" in printed
