@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import json
 import uuid
+from collections import Counter
+from datetime import UTC, datetime
 from typing import Any
 
 import httpx
@@ -16,6 +18,7 @@ from crm_loyalty.check import check
 from crm_loyalty.settings import LoyaltySettings
 from crm_shared.contracts import LOYALTY, TOUCHPOINTS_RESOLVED
 from crm_shared.contracts.examples import example_event
+from crm_shared.timers import ManualClock
 from tests.conftest import Databases
 from tests.support import (
     Endpoints,
@@ -142,3 +145,63 @@ async def test_the_check_command_finds_a_balance_that_drifted_from_its_ledger(
     printed = capsys.readouterr().out
     assert f"account {ana}: balance 57, ledger sum 50, lots less debts 50" in printed
     assert "1 of 1 accounts disagree" in printed
+
+
+async def test_timers_on_two_instances_warn_and_expire_each_account_once(
+    endpoints: Endpoints, topic_prefix: str, loyalty_url: str
+) -> None:
+    clock = ManualClock(datetime(2026, 11, 24, tzinfo=UTC))
+    settings = service_settings(
+        LoyaltySettings,
+        endpoints,
+        topic_prefix,
+        loyalty_url,
+        timer_poll_interval_s=0.05,
+        timer_batch_size=4,  # small rounds, so both instances take some
+    )
+    first, second = build(settings, clock=clock), build(settings, clock=clock)
+    people = [f"p-{n:02}-{uuid.uuid4().hex[:6]}" for n in range(40)]
+    orders = [
+        resolved("web.order_completed", p, 1, order_id=f"o-{p}", revenue=10 + n, currency="EUR")
+        for n, p in enumerate(people)
+    ]
+    async with running(first), running(second):
+        pool = first.app.state.runtime.db
+        await publish(endpoints, topic_prefix, orders)
+        await wait_until(lambda: handled(pool, len(orders)), what="every order to be applied")
+        # Earned 2026-11-20 10:01, the points expire 24 months later, warned 30 days before.
+        assert await pool.fetchval("SELECT count(*) FROM timers") == 2 * len(people)
+        clock.set(datetime(2028, 11, 21, tzinfo=UTC))
+
+        async def nothing_due() -> bool:
+            due: int = await pool.fetchval(
+                "SELECT count(*) FROM timers WHERE due_at <= $1", clock.now()
+            )
+            return due == 0
+
+        await wait_until(nothing_due, what="every due timer to fire")
+        runners = [s.app.state.runtime.timers for s in (first, second)]
+        balances = await pool.fetch("SELECT balance FROM accounts")
+
+    assert sum(r.handled for r in runners) == 2 * len(people), "each timer handled once"
+    assert all(r.handled > 0 for r in runners), "both instances fired timers"
+    assert {b["balance"] for b in balances} == {0}
+    out = values_of(
+        await read_topic(
+            endpoints.bootstrap, LOYALTY.full_name(topic_prefix), at_least=3 * len(people)
+        )
+    )
+    assert len({e["id"] for e in out}) == len(out) == 3 * len(people)
+    by_type = Counter(e["type"] for e in out)
+    assert by_type == {
+        "crm.loyalty.points_earned": 40,
+        "crm.loyalty.points_expiring": 40,
+        "crm.loyalty.points_expired": 40,
+    }
+    warning = next(e for e in out if e["type"] == "crm.loyalty.points_expiring")
+    assert warning["data"]["expires_at"] == "2028-11-20T10:01:00Z"
+    assert warning["time"] == "2028-11-21T00:00:00Z"
+    expired = [e["data"] for e in out if e["type"] == "crm.loyalty.points_expired"]
+    assert sorted(-e["points"] for e in expired) == list(range(10, 50))
+    assert {e["balance"] for e in expired} == {0}
+    assert await check(loyalty_url) == 0

@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 
 from crm_loyalty.domain.ledger import (
     Account,
+    ExpiryWarned,
     Ledger,
     NotEnoughPoints,
     Order,
@@ -28,10 +29,17 @@ PROGRAM = load_program(EXAMPLE_PROGRAM)
 START = datetime(2026, 3, 1, 9, tzinfo=UTC)
 
 
-def event(type_: str, event_id: str, profile: str = "p-1", hour: int = 0, **data: Any) -> Any:
+def event(
+    type_: str,
+    event_id: str,
+    profile: str = "p-1",
+    hour: int = 0,
+    time: str | None = None,
+    **data: Any,
+) -> Any:
     document = example_event(f"crm.touchpoint.{type_}")
     document["id"] = event_id
-    document["time"] = (START + timedelta(hours=hour)).isoformat()
+    document["time"] = time or (START + timedelta(hours=hour)).isoformat()
     document["profileid"] = profile
     document["data"].update(data)
     return TOUCHPOINT_ADAPTER.validate_json(json.dumps(document))
@@ -291,3 +299,62 @@ def test_any_sequence_keeps_every_balance_equal_to_its_entries(ops: list[Any]) -
         assert 0 <= o.reversed_points <= o.earned_points
         if o.revenue is not None and o.refunded_all:
             assert o.reversed_points == o.earned_points
+
+
+# --- timers: expiry, warnings, reviews ------------------------------------------------------------
+def test_points_expire_first_earned_first_after_a_warning_once() -> None:
+    ledger = run(
+        [order("e-1", "100", "o-1"), order("e-2", "40", "o-2", time="2026-05-01T09:00:00Z")]
+    )
+    account = ledger.accounts["p-1"]
+    due = account.due(PROGRAM)
+    assert due["expiry"] == datetime(2028, 3, 1, 9, tzinfo=UTC)
+    assert due["expiry_warning"] == datetime(2028, 1, 31, 9, tzinfo=UTC), "30 days before"
+    ledger.redeem("p-1", "r-1", "coffee", 30, START)  # from the first lot: 70 of it left
+
+    ledger.warn("p-1", datetime(2028, 1, 31, 9, tzinfo=UTC))
+    ledger.warn("p-1", datetime(2028, 2, 1, tzinfo=UTC))
+    warnings = [o for o in ledger.outcomes if isinstance(o, ExpiryWarned)]
+    assert [(w.points, w.expires_at) for w in warnings] == [(70, due["expiry"])], "once per lot"
+    assert account.due(PROGRAM)["expiry_warning"] == datetime(2028, 4, 1, 9, tzinfo=UTC)
+
+    ledger.expire("p-1", datetime(2028, 3, 1, 9, tzinfo=UTC))
+    expired = [o for o in ledger.outcomes if isinstance(o, PointsMoved) and o.kind == "expired"]
+    assert [(e.points, e.balance, e.time) for e in expired] == [(-70, 40, due["expiry"])]
+    assert [lot.remaining for lot in account.lots] == [40]
+    assert account.due(PROGRAM)["expiry"] == datetime(2028, 5, 1, 9, tzinfo=UTC)
+    ledger.expire("p-1", datetime(2028, 3, 2, tzinfo=UTC))
+    assert len([o for o in ledger.outcomes if isinstance(o, PointsMoved)]) == 4, "nothing more"
+    assert_books_balance(ledger)
+
+
+def test_a_tier_falls_only_at_a_review_after_the_grace_period() -> None:
+    ledger = run([order("e-1", "1200", "o-1")])  # silver, reviewed every 3 months, 3 months grace
+    account = ledger.accounts["p-1"]
+    assert account.tier == "silver"
+    assert account.review_at == datetime(2026, 6, 1, 9, tzinfo=UTC)
+    ledger.review("p-1", datetime(2026, 6, 1, 9, tzinfo=UTC))
+    assert (account.tier, account.below_since) == ("silver", None), "still 1,200 in the window"
+    # March 2027: the order has left the 12-month window; below silver since this review.
+    ledger.review("p-1", datetime(2027, 3, 1, tzinfo=UTC))
+    assert (account.tier, account.below_since) == ("silver", datetime(2027, 3, 1, tzinfo=UTC))
+    assert not [o for o in ledger.outcomes if isinstance(o, TierMoved) and o.direction == "down"]
+    ledger.review("p-1", datetime(2027, 6, 1, tzinfo=UTC))
+    down = [o for o in ledger.outcomes if isinstance(o, TierMoved) and o.direction == "down"]
+    assert [(d.from_tier, d.to_tier) for d in down] == [("silver", "member")]
+    assert (
+        down[0].reason
+        == "review: 0 qualifying points in 12 months, below silver's 1000 since 2027-03-01"
+    )
+    assert account.review_at is None, "the base tier is not reviewed"
+
+
+def test_an_account_that_qualifies_again_within_the_grace_period_keeps_its_tier() -> None:
+    ledger = run([order("e-1", "1200", "o-1")])
+    account = ledger.accounts["p-1"]
+    ledger.review("p-1", datetime(2027, 3, 1, tzinfo=UTC))
+    below = account.below_since
+    assert below == datetime(2027, 3, 1, tzinfo=UTC)
+    ledger.apply(order("e-2", "1000", "o-2", time="2027-04-01T00:00:00Z"))
+    ledger.review("p-1", datetime(2027, 6, 1, tzinfo=UTC))
+    assert (account.tier, account.below_since) == ("silver", None)

@@ -152,3 +152,14 @@ async def lock_keys(conn: DbConnection, keys: Iterable[str]) -> None:
         ") AS ordered",
         list(keys),
     )
+
+
+async def try_lock_keys(conn: DbConnection, keys: Iterable[str]) -> set[str]:
+    """Take what transaction-scoped advisory locks on `keys` are free now, without waiting;
+    returns the keys locked. For work that may skip a busy subject and come back later."""
+    rows = await conn.fetch(
+        "SELECT k FROM (SELECT DISTINCT k FROM unnest($1::text[]) AS k ORDER BY k) AS keys "
+        "WHERE pg_try_advisory_xact_lock(hashtextextended(k, 0))",
+        list(keys),
+    )
+    return {r["k"] for r in rows}

@@ -29,6 +29,7 @@ from crm_shared.logging import configure_logging, get_logger
 from crm_shared.outbox import OutboxRelay
 from crm_shared.problems import install_problem_handlers
 from crm_shared.settings import ServiceSettings, StatefulSettings
+from crm_shared.timers import Clock, Fire, SystemClock, TimerRunner
 
 log = get_logger(__name__)
 
@@ -51,6 +52,8 @@ class Runtime:
     pool: asyncpg.Pool | None = None
     relay: OutboxRelay | None = None
     consumers: list[IdempotentConsumer[Any]] = field(default_factory=list)
+    clock: Clock = field(default_factory=SystemClock)
+    timers: TimerRunner | None = None
 
     @property
     def db(self) -> asyncpg.Pool:
@@ -150,10 +153,13 @@ class Service:
         title: str,
         description: str,
         migrations: list[Migration] | None = None,
+        clock: Clock | None = None,
     ) -> None:
         self.settings = settings
         self._migrations = migrations
+        self.clock = clock or SystemClock()
         self._consumer_specs: list[ConsumerSpec] = []
+        self._fire: Callable[[Runtime], Fire] | None = None
         self.app = FastAPI(
             title=title, description=description, version="0.1.0", lifespan=self._lifespan
         )
@@ -180,6 +186,11 @@ class Service:
         """Like `consume`, with an effect function that takes a whole batch of events."""
         self._consumer_specs.append(ConsumerSpec(name, topic, decode, apply))
 
+    def run_timers(self, fire: Callable[[Runtime], Fire]) -> None:
+        """Run this service's durable timers (crm_shared.timers); `fire` builds the function
+        that handles due ones."""
+        self._fire = fire
+
     @asynccontextmanager
     async def _lifespan(self, app: FastAPI) -> AsyncIterator[None]:
         settings = self.settings
@@ -194,7 +205,7 @@ class Service:
                 async with pool.acquire() as conn:
                     await apply_migrations(conn, self._migrations)
         producer = await _start_producer(settings)
-        runtime = Runtime(settings=settings, producer=producer, pool=pool)
+        runtime = Runtime(settings=settings, producer=producer, pool=pool, clock=self.clock)
         broker = create_broker(settings)
         if pool is not None and stateful is not None:
             runtime.relay = OutboxRelay(
@@ -221,8 +232,20 @@ class Service:
                     broker, group_id=f"{settings.topic_prefix}crm-{settings.service_name}"
                 )
                 runtime.consumers.append(consumer)
+            if self._fire is not None:
+                runtime.timers = TimerRunner(
+                    pool,
+                    self._fire(runtime),
+                    self.clock,
+                    service=settings.service_name,
+                    relay=runtime.relay,
+                    batch_size=stateful.timer_batch_size,
+                    poll_interval_s=stateful.timer_poll_interval_s,
+                )
         app.state.runtime = runtime
         await broker.start()
+        if runtime.timers is not None:
+            runtime.timers.start()
         log.info(
             "service started",
             service=settings.service_name,
@@ -232,6 +255,8 @@ class Service:
         try:
             yield
         finally:
+            if runtime.timers is not None:
+                await runtime.timers.stop()
             await broker.stop()
             if runtime.relay is not None:
                 await runtime.relay.stop()

@@ -138,6 +138,10 @@ class StatefulSettings(ServiceSettings):
     outbox_batch_size: int = Field(
         default=2000, ge=1, description="outbox rows published per round"
     )
+    timer_poll_interval_s: float = Field(
+        default=1.0, gt=0, description="how often an instance looks for due timers"
+    )
+    timer_batch_size: int = Field(default=500, ge=1, description="due timers fired per round")
 
 
 class ApiSettings(StatefulSettings):

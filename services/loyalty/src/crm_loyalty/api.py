@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import datetime
 from decimal import Decimal
 from typing import Annotated, Any, Literal
 
@@ -149,7 +149,7 @@ async def account_summary(request: Request, profile_id: str) -> AccountView:
     db = runtime_of(request).db
     account = Account(row.profile_id, row.balance, row.tier, row.tier_since)
     account.qualifying = await store.qualifying_months(db, profile_id)
-    now = datetime.now(UTC)
+    now = runtime_of(request).clock.now()
     total = account.qualifying_over(program.tiers.window_months, now)
     tier = program.tier(row.tier)
     rank = program.rank(row.tier)

@@ -3,11 +3,20 @@ transaction, and emit what changed on `crm.loyalty.v1` through the outbox; keep 
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
+from datetime import datetime
 from typing import Any
 
 from crm_loyalty import store
-from crm_loyalty.domain.ledger import Ledger, Outcome, PointsMoved
+from crm_loyalty.domain.ledger import (
+    EXPIRY,
+    EXPIRY_WARNING,
+    TIER_REVIEW,
+    ExpiryWarned,
+    Ledger,
+    Outcome,
+    PointsMoved,
+)
 from crm_loyalty.program import PURCHASE_ACTIONS, Program
 from crm_shared.consumer import ApplyBatch
 from crm_shared.contracts import LOYALTY, TouchpointEnvelope, derived_event_id
@@ -15,6 +24,8 @@ from crm_shared.contracts.derived import (
     PointsData,
     PointsEarned,
     PointsExpired,
+    PointsExpiring,
+    PointsExpiringData,
     PointsRedeemed,
     PointsReversed,
     TierChanged,
@@ -25,6 +36,7 @@ from crm_shared.database import DbConnection
 from crm_shared.kafka import OutgoingRecord
 from crm_shared.outbox import event_record
 from crm_shared.service import Runtime
+from crm_shared.timers import Fire, Timer, schedule
 
 POINTS_EVENTS: dict[str, type[CloudEvent[PointsData]]] = {
     "earned": PointsEarned,
@@ -59,6 +71,21 @@ def loyalty_event(outcome: Outcome, *, source: str) -> CloudEvent[Any]:
                 points=outcome.points,
                 balance=outcome.balance,
                 reason=outcome.reason,
+            ),
+        )
+    if isinstance(outcome, ExpiryWarned):
+        return PointsExpiring(
+            specversion="1.0",
+            id=derived_event_id("loyalty-expiring", outcome.source_event_id),
+            source=source,
+            type="crm.loyalty.points_expiring",
+            time=outcome.time,
+            subject=outcome.profile_id,
+            data=PointsExpiringData(
+                profile_id=outcome.profile_id,
+                source_event_id=outcome.source_event_id,
+                points=outcome.points,
+                expires_at=outcome.expires_at,
             ),
         )
     return TierChanged(
@@ -124,3 +151,39 @@ def touchpoint_effects(program: Program) -> Any:
         return apply
 
     return build
+
+
+def timer_effects(program: Program) -> Callable[[Runtime], Fire]:
+    """The function that fires loyalty's due timers: expiry, expiry warnings, tier reviews."""
+
+    def build(runtime: Runtime) -> Fire:
+        topic = LOYALTY.full_name(runtime.settings.topic_prefix)
+        source = f"crm-{runtime.settings.service_name}"
+
+        async def fire(
+            conn: DbConnection, timers: Sequence[Timer], now: datetime
+        ) -> tuple[list[OutgoingRecord], int]:
+            # The timer rows are ours (SKIP LOCKED); an account a consumer holds right now is
+            # skipped, not waited for: that consumer may be waiting for one of these rows.
+            locked = await store.try_lock_accounts(conn, {t.key for t in timers})
+            accounts = await store.load_accounts(conn, locked)
+            ledger = Ledger(program, accounts, {})
+            handled = [t for t in timers if t.key in locked]
+            for timer in handled:
+                if timer.key not in accounts:
+                    await schedule(conn, timer.kind, [(timer.key, None)])  # the account is gone
+                    continue
+                FIRE[timer.kind](ledger, timer.key, now)
+            await store.save(conn, ledger)
+            return loyalty_records(ledger.outcomes, topic=topic, source=source), len(handled)
+
+        return fire
+
+    return build
+
+
+FIRE: dict[str, Callable[[Ledger, str, datetime], None]] = {
+    EXPIRY: Ledger.expire,
+    EXPIRY_WARNING: Ledger.warn,
+    TIER_REVIEW: Ledger.review,
+}

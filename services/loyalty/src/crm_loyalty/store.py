@@ -10,8 +10,9 @@ from typing import Any
 
 import asyncpg
 
-from crm_loyalty.domain.ledger import Account, Debt, Ledger, Lot, Order
-from crm_shared.database import DbConnection, lock_keys
+from crm_loyalty.domain.ledger import TIMER_KINDS, Account, Debt, Ledger, Lot, Order
+from crm_shared.database import DbConnection, lock_keys, try_lock_keys
+from crm_shared.timers import schedule
 
 
 # Every writer of an order or an account holds its advisory lock, orders before accounts, each
@@ -23,6 +24,12 @@ async def lock_orders(conn: DbConnection, order_ids: Collection[str]) -> None:
 
 async def lock_accounts(conn: DbConnection, profile_ids: Iterable[str]) -> None:
     await lock_keys(conn, {f"account:{p}" for p in profile_ids})
+
+
+async def try_lock_accounts(conn: DbConnection, profile_ids: Iterable[str]) -> set[str]:
+    """The accounts of `profile_ids` whose lock was free (now held); the rest are busy."""
+    got = await try_lock_keys(conn, {f"account:{p}" for p in profile_ids})
+    return {key.removeprefix("account:") for key in got}
 
 
 async def load_orders(conn: DbConnection, order_ids: Iterable[str]) -> dict[str, Order]:
@@ -53,11 +60,17 @@ async def load_accounts(conn: DbConnection, profile_ids: Iterable[str]) -> dict[
     ids = sorted(set(profile_ids))
     accounts = {
         r["profile_id"]: Account(
-            r["profile_id"], r["balance"], r["tier"], r["tier_since"], once=set(r["once_bonuses"])
+            r["profile_id"],
+            r["balance"],
+            r["tier"],
+            r["tier_since"],
+            once=set(r["once_bonuses"]),
+            review_at=r["review_at"],
+            below_since=r["below_since"],
         )
         for r in await conn.fetch(
-            "SELECT profile_id, balance, tier, tier_since, once_bonuses FROM accounts "
-            "WHERE profile_id = ANY($1::text[])",
+            "SELECT profile_id, balance, tier, tier_since, once_bonuses, review_at, below_since "
+            "FROM accounts WHERE profile_id = ANY($1::text[])",
             ids,
         )
     }
@@ -65,7 +78,14 @@ async def load_accounts(conn: DbConnection, profile_ids: Iterable[str]) -> dict[
         "SELECT * FROM lots WHERE profile_id = ANY($1::text[]) ORDER BY earned_at, entry_id", ids
     ):
         accounts[r["profile_id"]].lots.append(
-            Lot(r["entry_id"], r["earned_at"], r["expires_at"], r["remaining"], r["order_id"])
+            Lot(
+                r["entry_id"],
+                r["earned_at"],
+                r["expires_at"],
+                r["remaining"],
+                r["order_id"],
+                r["warned"],
+            )
         )
     for r in await conn.fetch(
         "SELECT d.entry_id, d.profile_id, d.unpaid FROM debts d JOIN ledger l USING (entry_id) "
@@ -87,19 +107,28 @@ async def save(conn: DbConnection, ledger: Ledger) -> None:
     accounts = [ledger.accounts[p] for p in sorted(ledger.changed_accounts)]
     if accounts:
         await conn.execute(
-            "INSERT INTO accounts (profile_id, balance, tier, tier_since, once_bonuses) "
-            "SELECT p, b, t, s, string_to_array(o, ',') "
-            "FROM unnest($1::text[], $2::bigint[], $3::text[], $4::timestamptz[], $5::text[]) "
-            "AS a(p, b, t, s, o) "
+            "INSERT INTO accounts (profile_id, balance, tier, tier_since, once_bonuses, "
+            "review_at, below_since) "
+            "SELECT p, b, t, s, string_to_array(o, ','), r, w "
+            "FROM unnest($1::text[], $2::bigint[], $3::text[], $4::timestamptz[], $5::text[], "
+            "$6::timestamptz[], $7::timestamptz[]) AS a(p, b, t, s, o, r, w) "
             "ON CONFLICT (profile_id) DO UPDATE SET balance = EXCLUDED.balance, "
             "tier = EXCLUDED.tier, tier_since = EXCLUDED.tier_since, "
-            "once_bonuses = EXCLUDED.once_bonuses, updated_at = now()",
+            "once_bonuses = EXCLUDED.once_bonuses, review_at = EXCLUDED.review_at, "
+            "below_since = EXCLUDED.below_since, updated_at = now()",
             [a.profile_id for a in accounts],
             [a.balance for a in accounts],
             [a.tier for a in accounts],
             [a.tier_since for a in accounts],
             [",".join(sorted(a.once)) for a in accounts],  # names hold no comma
+            [a.review_at for a in accounts],
+            [a.below_since for a in accounts],
         )
+        due = [a.due(ledger.program) for a in accounts]
+        for kind in TIMER_KINDS:
+            await schedule(
+                conn, kind, [(a.profile_id, d[kind]) for a, d in zip(accounts, due, strict=True)]
+            )
     entries = ledger.entries
     if entries:
         await conn.execute(
@@ -183,16 +212,19 @@ async def _save_lots(conn: DbConnection, ledger: Ledger) -> None:
         await conn.execute("DELETE FROM lots WHERE entry_id = ANY($1::text[])", empty)
     if kept:
         await conn.execute(
-            "INSERT INTO lots (entry_id, profile_id, earned_at, expires_at, remaining, order_id) "
+            "INSERT INTO lots (entry_id, profile_id, earned_at, expires_at, remaining, order_id, "
+            "warned) "
             "SELECT * FROM unnest($1::text[], $2::text[], $3::timestamptz[], "
-            "$4::timestamptz[], $5::bigint[], $6::text[]) "
-            "ON CONFLICT (entry_id) DO UPDATE SET remaining = EXCLUDED.remaining",
+            "$4::timestamptz[], $5::bigint[], $6::text[], $7::boolean[]) "
+            "ON CONFLICT (entry_id) DO UPDATE SET remaining = EXCLUDED.remaining, "
+            "warned = EXCLUDED.warned",
             [lot.entry_id for lot in kept],
             [owner[lot.entry_id] for lot in kept],
             [lot.earned_at for lot in kept],
             [lot.expires_at for lot in kept],
             [lot.remaining for lot in kept],
             [lot.order_id for lot in kept],
+            [lot.warned for lot in kept],
         )
 
 

@@ -17,7 +17,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from datetime import date, datetime
+from datetime import date, datetime, timedelta
 from decimal import ROUND_DOWN, Decimal
 from typing import Any, Literal
 
@@ -38,6 +38,8 @@ class Lot:
     expires_at: datetime | None
     remaining: int
     order_id: str | None = None
+    warned: bool = False
+    """Whether `points_expiring` went out for it."""
 
 
 @dataclass
@@ -60,6 +62,10 @@ class Account:
     """Qualifying points or spend by calendar month (the first of the month, UTC)."""
     once: set[str] = field(default_factory=set)
     """Bonuses an account gets once, already given."""
+    review_at: datetime | None = None
+    """The next tier review; none at the base tier."""
+    below_since: datetime | None = None
+    """The first review that found the account below its tier's threshold, if it still is."""
     is_new: bool = False
 
     def qualifying_over(self, window_months: int, at: datetime) -> Decimal:
@@ -70,6 +76,16 @@ class Account:
             (amount for month, amount in self.qualifying.items() if first <= month <= last),
             Decimal(0),
         )
+
+    def due(self, program: Program) -> dict[str, datetime | None]:
+        """When each of the account's timers is due (None: not needed)."""
+        expiries = [(lot.expires_at, lot.warned) for lot in self.lots if lot.expires_at]
+        warn = timedelta(days=program.expiry.warn_days) if program.expiry else timedelta()
+        return {
+            EXPIRY: min((at for at, _ in expiries), default=None),
+            EXPIRY_WARNING: min((at - warn for at, warned in expiries if not warned), default=None),
+            TIER_REVIEW: self.review_at,
+        }
 
 
 @dataclass
@@ -131,7 +147,24 @@ class TierMoved:
     time: datetime
 
 
-Outcome = PointsMoved | TierMoved
+@dataclass(frozen=True)
+class ExpiryWarned:
+    """Points that will expire soon (`points_expiring`)."""
+
+    profile_id: str
+    source_event_id: str
+    points: int
+    expires_at: datetime
+    time: datetime
+
+
+Outcome = PointsMoved | TierMoved | ExpiryWarned
+
+# The account timers (crm_shared.timers kinds), keyed by profile id.
+EXPIRY = "expiry"
+EXPIRY_WARNING = "expiry_warning"
+TIER_REVIEW = "tier_review"
+TIMER_KINDS = (EXPIRY, EXPIRY_WARNING, TIER_REVIEW)
 
 
 class NotEnoughPoints(Exception):
@@ -267,6 +300,91 @@ class Ledger:
         )
         self._take(account, entry.entry_id, cost, None)
         self._moved("redeemed", account, redemption_id, -cost, f"reward:{reward_id}", at)
+
+    # --- timers -----------------------------------------------------------------------------
+    def expire(self, profile_id: str, now: datetime) -> None:
+        """Take the points of every lot whose time has come, in one entry."""
+        account = self._touch(profile_id)
+        due = [lot for lot in account.lots if lot.expires_at is not None and lot.expires_at <= now]
+        if not due:
+            return
+        moment = max(lot.expires_at for lot in due if lot.expires_at is not None)
+        points = sum(lot.remaining for lot in due)
+        source = f"expiry:{profile_id}:{moment.isoformat()}"
+        entry = self._entry(account, source, "expiry", "expiry", -points, Decimal(0), moment)
+        for lot in due:
+            self._allocate(entry.entry_id, lot.entry_id, lot.remaining)
+            lot.remaining = 0
+            self.changed_lots[lot.entry_id] = lot
+        account.lots = [lot for lot in account.lots if lot.remaining > 0]
+        self._moved("expired", account, source, -points, "expiry", moment)
+
+    def warn(self, profile_id: str, now: datetime) -> None:
+        """Announce the points that expire within the warning period, once per lot."""
+        account = self._touch(profile_id)
+        if self.program.expiry is None:
+            return
+        window = timedelta(days=self.program.expiry.warn_days)
+        due = [
+            lot
+            for lot in account.lots
+            if not lot.warned and lot.expires_at is not None and lot.expires_at - window <= now
+        ]
+        if not due:
+            return
+        first = min(lot.expires_at for lot in due if lot.expires_at is not None)
+        for lot in due:
+            lot.warned = True
+            self.changed_lots[lot.entry_id] = lot
+        self.outcomes.append(
+            ExpiryWarned(
+                profile_id,
+                f"expiring:{profile_id}:{first.isoformat()}",
+                sum(lot.remaining for lot in due),
+                first,
+                now,
+            )
+        )
+
+    def review(self, profile_id: str, now: datetime) -> None:
+        """The tier review: an account below its tier's threshold since a review at least the
+        grace period ago moves down to the tier its qualifying total reaches."""
+        account = self._touch(profile_id)
+        tiers = self.program.tiers
+        total = account.qualifying_over(tiers.window_months, now)
+        reached = self.program.tier_for(total)
+        if self.program.rank(reached.name) >= self.program.rank(account.tier):
+            account.below_since = None
+        else:
+            if account.below_since is None:
+                account.below_since = now
+            if now >= account.below_since + relativedelta(months=tiers.grace_months):
+                held = self.program.tier(account.tier)
+                self.outcomes.append(
+                    TierMoved(
+                        profile_id,
+                        None,
+                        account.tier,
+                        reached.name,
+                        "down",
+                        f"review: {total.normalize():f} qualifying {tiers.qualify_on} in "
+                        f"{tiers.window_months} months, below {held.name}'s "
+                        f"{held.threshold.normalize():f} since "
+                        f"{account.below_since.date().isoformat()}",
+                        now,
+                    )
+                )
+                account.tier, account.tier_since, account.below_since = reached.name, now, None
+        self._schedule_review(account, now)
+
+    def _schedule_review(self, account: Account, after: datetime) -> None:
+        above_base = self.program.rank(account.tier) > 0
+        every = relativedelta(months=self.program.tiers.review_every_months)
+        account.review_at = after + every if above_base else None
+
+    def _touch(self, profile_id: str) -> Account:
+        self.changed_accounts.add(profile_id)
+        return self.accounts[profile_id]
 
     # --- the ledger's moves -----------------------------------------------------------------
     def account(self, profile_id: str, at: datetime) -> Account:
@@ -450,7 +568,8 @@ class Ledger:
                 at,
             )
         )
-        account.tier, account.tier_since = reached.name, at
+        account.tier, account.tier_since, account.below_since = reached.name, at, None
+        self._schedule_review(account, at)
 
     def _moved(
         self,

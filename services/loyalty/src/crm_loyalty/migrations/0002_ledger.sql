@@ -8,6 +8,8 @@ CREATE TABLE accounts (
     tier         text        NOT NULL,
     tier_since   timestamptz NOT NULL,
     once_bonuses text[]      NOT NULL DEFAULT '{}',
+    review_at    timestamptz,  -- the next tier review (above the base tier only)
+    below_since  timestamptz,  -- the first review that found it below its tier's threshold
     opened_at    timestamptz NOT NULL DEFAULT now(),
     updated_at   timestamptz NOT NULL DEFAULT now()
 );
@@ -38,10 +40,10 @@ CREATE TABLE lots (
     earned_at  timestamptz NOT NULL,
     expires_at timestamptz,
     remaining  bigint      NOT NULL CHECK (remaining > 0),
-    order_id   text
+    order_id   text,
+    warned     boolean     NOT NULL DEFAULT false  -- points_expiring went out for it
 );
 CREATE INDEX lots_by_account ON lots (profile_id, earned_at);
-CREATE INDEX lots_by_expiry ON lots (expires_at) WHERE expires_at IS NOT NULL;
 
 -- Debits the account's points did not cover (a refund after the points were spent).
 CREATE TABLE debts (
