@@ -18,6 +18,7 @@ from tests.support import Endpoints, ServiceProcess, free_port, service_env
 CASES = [
     ("crm_ingest", "Authorization: Bearer dev-write-key"),
     ("crm_profile", "Authorization: Bearer dev-admin-token"),
+    ("crm_loyalty", "Authorization: Bearer dev-admin-token"),
 ]
 
 

@@ -43,6 +43,12 @@ def authorised(request: Request) -> None:
     request.state.role = role_of(request, settings.api_tokens, settings.agent_tokens)
 
 
+def admin_only(request: Request) -> None:
+    """A route dependency, after `authorised`: 403 unless the token is an admin's."""
+    if request.state.role != "admin":
+        raise HTTPException(403, "only the admin role may do this; agents read")
+
+
 def no_nul(request: Request) -> None:
     """A route dependency: PostgreSQL stores no NUL character in text, so a parameter holding
     one is refused here, naming it, rather than failing in the query."""

@@ -22,6 +22,15 @@ CLIENT_CLOSED_REQUEST = 499
 log = get_logger(__name__)
 
 
+class Problem(StarletteHTTPException):
+    """An HTTP error whose problem details carry extension members (RFC 9457 section 3.2),
+    e.g. the balance and the cost of a refused redemption."""
+
+    def __init__(self, status: int, detail: str, **extensions: object) -> None:
+        super().__init__(status, detail)
+        self.extensions = extensions
+
+
 def problem(
     status: int,
     detail: str,
@@ -29,8 +38,10 @@ def problem(
     errors: Sequence[FieldError] | None = None,
     headers: Mapping[str, str] | None = None,
     title: str | None = None,
+    extensions: Mapping[str, object] | None = None,
 ) -> JSONResponse:
     body: dict[str, object] = {
+        **(extensions or {}),
         "type": "about:blank",
         "title": title or HTTPStatus(status).phrase,
         "status": status,
@@ -44,7 +55,8 @@ def problem(
 def install_problem_handlers(app: FastAPI) -> None:
     async def on_http_error(_: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, StarletteHTTPException)
-        return problem(exc.status_code, str(exc.detail), headers=exc.headers)
+        extensions = exc.extensions if isinstance(exc, Problem) else None
+        return problem(exc.status_code, str(exc.detail), headers=exc.headers, extensions=extensions)
 
     async def on_validation_error(_: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, RequestValidationError)

@@ -1,4 +1,4 @@
-"""Loyalty's API: an account's summary and its ledger."""
+"""Loyalty's API: an account's summary, its ledger, and redemptions of rewards."""
 
 from __future__ import annotations
 
@@ -6,15 +6,20 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Depends, HTTPException, Query, Request
+from fastapi import APIRouter, Body, Depends, Header, HTTPException, Query, Request
 from fastapi.exceptions import RequestValidationError
-from pydantic import BaseModel, Field
+from fastapi.responses import Response
+from pydantic import BaseModel, ConfigDict, Field
 
 from crm_loyalty import store
-from crm_loyalty.domain.ledger import Account
+from crm_loyalty.domain.ledger import Account, Ledger, NotEnoughPoints, entry_id
+from crm_loyalty.handlers import loyalty_records
 from crm_loyalty.program import Program
-from crm_shared.auth import authorised, no_nul
-from crm_shared.service import runtime_of
+from crm_shared.auth import admin_only, authorised, no_nul
+from crm_shared.contracts import LOYALTY, derived_event_id
+from crm_shared.outbox import write_outbox
+from crm_shared.problems import Problem
+from crm_shared.service import Runtime, runtime_of
 
 router = APIRouter(
     prefix="/v1", tags=["accounts"], dependencies=[Depends(authorised), Depends(no_nul)]
@@ -185,7 +190,7 @@ async def account_summary(request: Request, profile_id: str) -> AccountView:
 def _before(cursor: str | None) -> int | None:
     if cursor is None:
         return None
-    if not cursor.isdigit() or len(cursor) > 18:
+    if not (cursor.isascii() and cursor.isdigit()) or len(cursor) > 18:
         raise RequestValidationError(
             [
                 {
@@ -226,5 +231,302 @@ async def account_ledger(
             )
             for r in page
         ],
+        next_cursor=str(page[-1]["seq"]) if len(rows) > limit else None,
+    )
+
+
+# --- redemptions --------------------------------------------------------------------------------
+class RedemptionRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    reward_id: str = Field(min_length=1, max_length=64, examples=["coffee"])
+
+
+class RedemptionView(BaseModel):
+    redemption_id: str
+    profile_id: str
+    reward_id: str
+    cost: int
+    status: Literal["redeemed", "cancelled"]
+    redeemed_at: datetime
+    cancelled_at: datetime | None
+    balance: int = Field(description="the account's balance when this answer was given")
+
+
+class RedemptionPage(BaseModel):
+    items: list[RedemptionView] = Field(description="newest first")
+    next_cursor: str | None
+
+
+REDEMPTION_EXAMPLE = {
+    "redemption_id": "7c5d0f7e-2b1f-5b8e-8f7a-1c2d3e4f5a6b",
+    "profile_id": "5b0e5b4e-8f3a-4c1e-9d52-0f6f3b1a2c7d",
+    "reward_id": "coffee",
+    "cost": 150,
+    "status": "redeemed",
+    "redeemed_at": "2026-11-24T09:30:00Z",
+    "cancelled_at": None,
+    "balance": 900,
+}
+
+IdempotencyKey = Annotated[
+    str,
+    Header(
+        min_length=1,
+        max_length=255,
+        description="the client's key for this redemption: the same key again is the same "
+        "redemption and gets the same answer",
+        examples=["checkout-5001-coffee"],
+    ),
+]
+
+
+def _emit(runtime: Runtime, ledger: Ledger) -> list[Any]:
+    topic = LOYALTY.full_name(runtime.settings.topic_prefix)
+    return loyalty_records(
+        ledger.outcomes, topic=topic, source=f"crm-{runtime.settings.service_name}"
+    )
+
+
+@router.post(
+    "/accounts/{profile_id}/redemptions",
+    status_code=201,
+    response_model=RedemptionView,
+    dependencies=[Depends(admin_only)],
+    summary="Redeem a reward with points, once per idempotency key",
+    description="Takes the reward's cost from the balance, first earned points first, and one "
+    "from the reward's stock, in one transaction; never overdraws either, however many "
+    "requests race. A retry with the same `Idempotency-Key` gets the first answer again "
+    "(`Idempotent-Replayed: true`); the same key for another account or reward is refused. "
+    "Refusals are not remembered: the same key may succeed later (e.g. after more points).",
+    responses={
+        201: {"content": {"application/json": {"example": REDEMPTION_EXAMPLE}}},
+        401: {"description": "no or unknown bearer token"},
+        403: {"description": "not the admin role"},
+        409: {
+            "description": "not enough points, out of stock, or not available now",
+            "content": {
+                "application/json": {
+                    "example": {
+                        "type": "about:blank",
+                        "title": "Conflict",
+                        "status": 409,
+                        "detail": "not enough points: the balance is 90 points, the reward "
+                        "costs 150",
+                        "balance": 90,
+                        "cost": 150,
+                    }
+                }
+            },
+        },
+        422: {"description": "no such reward, or the key was used for another request"},
+    },
+)
+async def redeem(
+    request: Request,
+    profile_id: str,
+    body: Annotated[
+        RedemptionRequest,
+        Body(openapi_examples={"a coffee": {"value": {"reward_id": "coffee"}}}),
+    ],
+    idempotency_key: IdempotencyKey,
+) -> Any:
+    program = program_of(request)
+    runtime = runtime_of(request)
+    reward = program.reward(body.reward_id)
+    if reward is None:
+        raise RequestValidationError(
+            [
+                {
+                    "type": "value_error",
+                    "loc": ("body", "reward_id"),
+                    "msg": f"no reward {body.reward_id!r} in program {program.program}",
+                }
+            ]
+        )
+    now = runtime.clock.now()
+    redemption_id = derived_event_id("redemption", idempotency_key)
+    async with runtime.db.acquire() as conn, conn.transaction():
+        # The key first, then the account: a retry waits for the first try and finds its row.
+        await store.lock_idempotency_key(conn, idempotency_key)
+        earlier = await store.find_redemption(conn, key=idempotency_key)
+        if earlier is not None:
+            if (earlier["profile_id"], earlier["reward_id"]) != (profile_id, reward.id):
+                raise RequestValidationError(
+                    [
+                        {
+                            "type": "value_error",
+                            "loc": ("header", "idempotency-key"),
+                            "msg": "was used for another redemption (another account or reward)",
+                        }
+                    ]
+                )
+            return Response(
+                earlier["answer"],
+                status_code=201,
+                media_type="application/json",
+                headers={"Idempotent-Replayed": "true"},
+            )
+        if not reward.available_at(now):
+            raise Problem(
+                409,
+                f"reward {reward.id} is not available now",
+                valid_from=reward.valid_from.isoformat() if reward.valid_from else None,
+                valid_until=reward.valid_until.isoformat() if reward.valid_until else None,
+            )
+        await store.lock_accounts(conn, [profile_id])
+        ledger = Ledger(program, await store.load_accounts(conn, [profile_id]), {})
+        try:
+            ledger.redeem(profile_id, redemption_id, reward.id, reward.cost, now)
+        except NotEnoughPoints as short:
+            raise Problem(
+                409, f"not enough points: {short}", balance=short.balance, cost=short.cost
+            ) from None
+        if not await store.take_reward(conn, reward.id, reward.stock):
+            raise Problem(409, f"reward {reward.id} is out of stock", stock=reward.stock)
+        await store.save(conn, ledger)
+        answer = RedemptionView(
+            redemption_id=redemption_id,
+            profile_id=profile_id,
+            reward_id=reward.id,
+            cost=reward.cost,
+            status="redeemed",
+            redeemed_at=now,
+            cancelled_at=None,
+            balance=ledger.accounts[profile_id].balance,
+        ).model_dump_json()
+        await store.insert_redemption(
+            conn,
+            redemption_id=redemption_id,
+            key=idempotency_key,
+            profile_id=profile_id,
+            reward_id=reward.id,
+            cost=reward.cost,
+            at=now,
+            answer=answer,
+        )
+        await write_outbox(conn, _emit(runtime, ledger))
+    if runtime.relay is not None:
+        runtime.relay.wake()
+    location = str(request.url_for("redemption", redemption_id=redemption_id))
+    return Response(
+        answer, status_code=201, media_type="application/json", headers={"Location": location}
+    )
+
+
+def _view(row: Any, balance: int) -> RedemptionView:
+    return RedemptionView(
+        redemption_id=row["redemption_id"],
+        profile_id=row["profile_id"],
+        reward_id=row["reward_id"],
+        cost=row["cost"],
+        status=row["status"],
+        redeemed_at=row["redeemed_at"],
+        cancelled_at=row["cancelled_at"],
+        balance=balance,
+    )
+
+
+@router.get(
+    "/redemptions/{redemption_id}",
+    response_model=RedemptionView,
+    summary="A redemption and the account's balance now",
+    responses={
+        200: {"content": {"application/json": {"example": REDEMPTION_EXAMPLE}}},
+        401: {"description": "no or unknown bearer token"},
+        404: {"description": "no such redemption"},
+    },
+)
+async def redemption(request: Request, redemption_id: str) -> RedemptionView:
+    db = runtime_of(request).db
+    row = await store.find_redemption(db, redemption_id=redemption_id)
+    if row is None:
+        raise HTTPException(404, "no such redemption")
+    account = await store.find_account(db, row["profile_id"])
+    return _view(row, account.balance if account is not None else 0)
+
+
+@router.post(
+    "/redemptions/{redemption_id}/cancel",
+    response_model=RedemptionView,
+    dependencies=[Depends(admin_only)],
+    summary="Cancel a redemption: the points go back, with the expiry they had",
+    description="The reward's stock gets one back too. Cancelling a cancelled redemption "
+    "changes nothing and answers the same.",
+    responses={
+        200: {
+            "content": {
+                "application/json": {
+                    "example": {
+                        **REDEMPTION_EXAMPLE,
+                        "status": "cancelled",
+                        "cancelled_at": "2026-11-24T09:40:00Z",
+                        "balance": 1050,
+                    }
+                }
+            }
+        },
+        401: {"description": "no or unknown bearer token"},
+        403: {"description": "not the admin role"},
+        404: {"description": "no such redemption"},
+    },
+)
+async def cancel_redemption(request: Request, redemption_id: str) -> RedemptionView:
+    program = program_of(request)
+    runtime = runtime_of(request)
+    now = runtime.clock.now()
+    async with runtime.db.acquire() as conn, conn.transaction():
+        row = await store.find_redemption(conn, redemption_id=redemption_id)
+        if row is None:
+            raise HTTPException(404, "no such redemption")
+        profile_id = row["profile_id"]
+        await store.lock_accounts(conn, [profile_id])
+        row = await store.find_redemption(conn, redemption_id=redemption_id)
+        assert row is not None
+        ledger = Ledger(program, await store.load_accounts(conn, [profile_id]), {})
+        if row["status"] == "cancelled":
+            return _view(row, ledger.accounts[profile_id].balance)
+        debit = entry_id(redemption_id, f"reward:{row['reward_id']}")
+        ledger.cancel_redemption(profile_id, redemption_id, await store.taken_by(conn, debit), now)
+        await store.save(conn, ledger)
+        await store.give_reward_back(conn, row["reward_id"])
+        await store.mark_cancelled(conn, redemption_id, now)
+        await write_outbox(conn, _emit(runtime, ledger))
+        row = await store.find_redemption(conn, redemption_id=redemption_id)
+        assert row is not None
+        balance = ledger.accounts[profile_id].balance
+    if runtime.relay is not None:
+        runtime.relay.wake()
+    return _view(row, balance)
+
+
+@router.get(
+    "/accounts/{profile_id}/redemptions",
+    response_model=RedemptionPage,
+    summary="An account's redemptions, newest first, a page at a time",
+    responses={
+        200: {
+            "content": {
+                "application/json": {
+                    "example": {"items": [REDEMPTION_EXAMPLE], "next_cursor": None}
+                }
+            }
+        },
+        **ONE_ACCOUNT,
+        422: {"description": "a parameter is not valid (e.g. a cursor this API did not give)"},
+    },
+)
+async def account_redemptions(
+    request: Request,
+    profile_id: str,
+    cursor: Annotated[str | None, Query(description="from a previous page")] = None,
+    limit: Annotated[int, Query(ge=1, le=500)] = 50,
+) -> RedemptionPage:
+    before = _before(cursor)
+    account = await _account(request, profile_id)
+    rows = await store.redemptions_page(runtime_of(request).db, profile_id, before, limit + 1)
+    page = rows[:limit]
+    return RedemptionPage(
+        items=[_view(r, account.balance) for r in page],
         next_cursor=str(page[-1]["seq"]) if len(rows) > limit else None,
     )

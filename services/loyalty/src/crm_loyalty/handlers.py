@@ -27,6 +27,7 @@ from crm_shared.contracts.derived import (
     PointsExpiring,
     PointsExpiringData,
     PointsRedeemed,
+    PointsRestored,
     PointsReversed,
     TierChanged,
     TierChangedData,
@@ -42,7 +43,7 @@ POINTS_EVENTS: dict[str, type[CloudEvent[PointsData]]] = {
     "earned": PointsEarned,
     "reversed": PointsReversed,
     "redeemed": PointsRedeemed,
-    "restored": PointsEarned,
+    "restored": PointsRestored,
     "expired": PointsExpired,
 }
 

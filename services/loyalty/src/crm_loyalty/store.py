@@ -347,3 +347,100 @@ async def discrepancies(conn: DbConnection | asyncpg.Pool) -> list[asyncpg.Recor
             """
         )
     )
+
+
+# --- redemptions --------------------------------------------------------------------------------
+async def lock_idempotency_key(conn: DbConnection, key: str) -> None:
+    await lock_keys(conn, [f"idempotency:{key}"])
+
+
+async def find_redemption(
+    conn: DbConnection | asyncpg.Pool, *, redemption_id: str | None = None, key: str | None = None
+) -> asyncpg.Record | None:
+    row: asyncpg.Record | None = await conn.fetchrow(
+        "SELECT * FROM redemptions WHERE redemption_id = $1 OR idempotency_key = $2",
+        redemption_id,
+        key,
+    )
+    return row
+
+
+async def take_reward(conn: DbConnection, reward_id: str, stock: int | None) -> bool:
+    """Count one more redemption of a reward if its stock allows (the row lock serialises
+    concurrent redemptions); the stock is the program's, kept in step here."""
+    await conn.execute(
+        "INSERT INTO rewards (reward_id, stock) VALUES ($1, $2) ON CONFLICT (reward_id) "
+        "DO UPDATE SET stock = EXCLUDED.stock WHERE rewards.stock IS DISTINCT FROM EXCLUDED.stock",
+        reward_id,
+        stock,
+    )
+    taken = await conn.fetchval(
+        "UPDATE rewards SET redeemed = redeemed + 1 "
+        "WHERE reward_id = $1 AND (stock IS NULL OR redeemed < stock) RETURNING redeemed",
+        reward_id,
+    )
+    return taken is not None
+
+
+async def give_reward_back(conn: DbConnection, reward_id: str) -> None:
+    await conn.execute("UPDATE rewards SET redeemed = redeemed - 1 WHERE reward_id = $1", reward_id)
+
+
+async def insert_redemption(
+    conn: DbConnection,
+    *,
+    redemption_id: str,
+    key: str,
+    profile_id: str,
+    reward_id: str,
+    cost: int,
+    at: datetime,
+    answer: str,
+) -> None:
+    await conn.execute(
+        "INSERT INTO redemptions (redemption_id, idempotency_key, profile_id, reward_id, cost, "
+        "status, redeemed_at, answer) VALUES ($1, $2, $3, $4, $5, 'redeemed', $6, $7)",
+        redemption_id,
+        key,
+        profile_id,
+        reward_id,
+        cost,
+        at,
+        answer,
+    )
+
+
+async def mark_cancelled(conn: DbConnection, redemption_id: str, at: datetime) -> None:
+    await conn.execute(
+        "UPDATE redemptions SET status = 'cancelled', cancelled_at = $2 WHERE redemption_id = $1",
+        redemption_id,
+        at,
+    )
+
+
+async def taken_by(conn: DbConnection, debit_id: str) -> list[Lot]:
+    """What a debit took from each credit, as lots of those points with the credit's times."""
+    rows = await conn.fetch(
+        "SELECT a.credit_id, a.points, c.occurred_at, c.expires_at, c.order_id "
+        "FROM allocations a JOIN ledger c ON c.entry_id = a.credit_id "
+        "WHERE a.debit_id = $1 ORDER BY c.occurred_at, c.entry_id",
+        debit_id,
+    )
+    return [
+        Lot(r["credit_id"], r["occurred_at"], r["expires_at"], r["points"], r["order_id"])
+        for r in rows
+    ]
+
+
+async def redemptions_page(
+    conn: DbConnection | asyncpg.Pool, profile_id: str, before: int | None, limit: int
+) -> list[asyncpg.Record]:
+    return list(
+        await conn.fetch(
+            "SELECT * FROM redemptions WHERE profile_id = $1 AND ($2::bigint IS NULL OR seq < $2) "
+            "ORDER BY seq DESC LIMIT $3",
+            profile_id,
+            before,
+            limit,
+        )
+    )

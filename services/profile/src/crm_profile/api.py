@@ -17,7 +17,7 @@ from pydantic import BaseModel, Field, ValidationError
 
 from crm_profile import store
 from crm_profile.snapshots import snapshot_data
-from crm_shared.auth import authorised, no_nul
+from crm_shared.auth import admin_only, authorised, no_nul
 from crm_shared.consumer import Contended
 from crm_shared.contracts import (
     IDENTIFIER_STRENGTH,
@@ -55,11 +55,6 @@ class ProfileView(BaseModel):
     merged_into: str | None
     created_at: datetime
     updated_at: datetime
-
-
-def _admin(request: Request) -> None:
-    if request.state.role != "admin":
-        raise HTTPException(403, "only the admin role may erase")
 
 
 # The answers of every route about one profile, besides its own.
@@ -434,7 +429,7 @@ async def export_profile(request: Request, profile_id: str) -> Any:
 
 @router.delete(
     "/profiles/{profile_id}",
-    dependencies=[Depends(_admin)],
+    dependencies=[Depends(admin_only)],
     summary="Erase the person: personal data, identifiers and timeline (admin role)",
     description="Erases the profile and every profile merged into it: traits, consents, "
     "activity, contact points, identifiers, touchpoints and conflicts are deleted, and a "

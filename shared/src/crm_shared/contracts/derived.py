@@ -172,6 +172,12 @@ class PointsReversed(CloudEvent[PointsData]):
     type: Literal["crm.loyalty.points_reversed"]
 
 
+class PointsRestored(CloudEvent[PointsData]):
+    """A cancelled redemption gave its points back (with the expiry they had)."""
+
+    type: Literal["crm.loyalty.points_restored"]
+
+
 class PointsExpired(CloudEvent[PointsData]):
     type: Literal["crm.loyalty.points_expired"]
 
@@ -192,6 +198,7 @@ LoyaltyEvent = Annotated[
     PointsEarned
     | PointsRedeemed
     | PointsReversed
+    | PointsRestored
     | PointsExpired
     | PointsExpiring
     | TierChanged

@@ -15,7 +15,7 @@ a batch touches, applies the events in order, and writes what changed.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
 from decimal import ROUND_DOWN, Decimal
@@ -300,6 +300,31 @@ class Ledger:
         )
         self._take(account, entry.entry_id, cost, None)
         self._moved("redeemed", account, redemption_id, -cost, f"reward:{reward_id}", at)
+
+    def cancel_redemption(
+        self, profile_id: str, redemption_id: str, taken: Sequence[Lot], at: datetime
+    ) -> None:
+        """Give a redemption's points back to the lots they came from: one entry per lot, with
+        that lot's earning and expiry times (`taken` holds what was taken from each)."""
+        account = self._touch(profile_id)
+        source = f"cancel:{redemption_id}"
+        for lot in taken:
+            entry = self._entry(
+                account,
+                source,
+                f"restore:{lot.entry_id}",
+                "restore",
+                lot.remaining,
+                Decimal(0),
+                at,
+                lot.expires_at,
+                lot.order_id,
+            )
+            self._fill(
+                account, entry.entry_id, lot.remaining, lot.earned_at, lot.expires_at, lot.order_id
+            )
+        points = sum(lot.remaining for lot in taken)
+        self._moved("restored", account, source, points, f"cancelled:{redemption_id}", at)
 
     # --- timers -----------------------------------------------------------------------------
     def expire(self, profile_id: str, now: datetime) -> None:
