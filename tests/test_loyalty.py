@@ -16,7 +16,13 @@ import pytest
 from crm_loyalty.app import build
 from crm_loyalty.check import check
 from crm_loyalty.settings import LoyaltySettings
-from crm_shared.contracts import LOYALTY, TOUCHPOINTS_RESOLVED
+from crm_shared.contracts import (
+    LOYALTY,
+    PROFILES,
+    TOUCHPOINTS_RESOLVED,
+    ProfileSnapshotData,
+    profile_snapshot,
+)
 from crm_shared.contracts.examples import example_event
 from crm_shared.timers import ManualClock
 from tests.conftest import Databases
@@ -205,3 +211,107 @@ async def test_timers_on_two_instances_warn_and_expire_each_account_once(
     assert sorted(-e["points"] for e in expired) == list(range(10, 50))
     assert {e["balance"] for e in expired} == {0}
     assert await check(loyalty_url) == 0
+
+
+def snapshot(profile: str, version: int, merged_into: str | None = None) -> dict[str, Any]:
+    """A profile snapshot as profile publishes it on crm.profiles.v1."""
+    moment = datetime(2026, 11, 20, 11, tzinfo=UTC)
+    data = ProfileSnapshotData(
+        profile_id=profile,
+        version=version,
+        change=["merged"] if merged_into else ["created"],
+        identifiers=[],
+        merged_into=merged_into,
+        created_at=moment,
+        updated_at=moment,
+    )
+    return profile_snapshot(data, source="crm-profile", time=moment).model_dump(mode="json")
+
+
+async def test_a_merge_joins_two_accounts_once_and_an_erasure_removes_the_survivor(
+    endpoints: Endpoints, topic_prefix: str, loyalty_url: str
+) -> None:
+    gold, silver = f"p-gold-{uuid.uuid4().hex[:6]}", f"p-silver-{uuid.uuid4().hex[:6]}"
+    service = build(service_settings(LoyaltySettings, endpoints, topic_prefix, loyalty_url))
+    profiles = PROFILES.full_name(topic_prefix)
+    async with running(service):
+        pool = service.app.state.runtime.db
+        await publish(
+            endpoints,
+            topic_prefix,
+            [
+                resolved("web.order_completed", gold, 1, order_id="g-1", revenue=4000),
+                resolved("store.purchase", silver, 2, order_id="s-1", revenue=800),
+            ],
+        )
+        await wait_until(lambda: handled(pool, 2), what="both orders")
+        merge = snapshot(gold, 2, merged_into=silver)
+        # The merge snapshot twice (a redelivery), then a late order of the merged-away profile.
+        await produce(
+            endpoints.bootstrap,
+            profiles,
+            [
+                (gold.encode(), json.dumps(merge).encode()),
+                (gold.encode(), json.dumps(merge).encode()),
+            ],
+        )
+
+        async def merged() -> bool:
+            return bool(await pool.fetchval("SELECT count(*) = 1 FROM accounts"))
+
+        await wait_until(merged, what="the accounts to be merged")
+        await publish(
+            endpoints,
+            topic_prefix,
+            [resolved("web.order_completed", gold, 3, order_id="g-2", revenue=100)],
+        )
+        await wait_until(lambda: handled(pool, 3), what="the late order")
+        async with httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=service.app), base_url="http://loyalty"
+        ) as http:
+            summary = (await http.get(f"/v1/accounts/{silver}", headers=ADMIN)).json()
+            gone = await http.get(f"/v1/accounts/{gold}", headers=ADMIN)
+        assert await check(loyalty_url) == 0
+
+        await produce(endpoints.bootstrap, profiles, [(silver.encode(), None)])
+
+        async def erased() -> bool:
+            return bool(await pool.fetchval("SELECT count(*) = 0 FROM ledger"))
+
+        await wait_until(erased, what="the erasure")
+        left = {
+            table: await pool.fetchval(f"SELECT count(*) FROM {table}")
+            for table in (
+                "accounts",
+                "lots",
+                "orders",
+                "qualifying_months",
+                "timers",
+                "allocations",
+            )
+        }
+
+    # 4,000 web points (gold) and 1,200 store points (800 x 1.5, silver) in one gold account;
+    # the late order of the merged-away profile earns there too, at gold's 1.5.
+    assert summary["balance"] == 4000 + 1200 + 150
+    assert summary["tier"]["name"] == "gold"
+    assert gone.status_code == 404
+    assert left == dict.fromkeys(left, 0)
+    out = values_of(
+        await read_topic(endpoints.bootstrap, LOYALTY.full_name(topic_prefix), at_least=6)
+    )
+    kinds = [e["type"].removeprefix("crm.loyalty.") for e in out]
+    assert kinds.count("accounts_merged") == 1, "the redelivered snapshot merged nothing more"
+    erasures = [e for e in out if e["type"] == "crm.loyalty.account_erased"]
+    assert [e["data"]["profile_id"] for e in erasures] == [silver]
+    assert [e for e in out if e["subject"] == silver][-1] == erasures[0], "last of its key"
+    joined = next(e["data"] for e in out if e["type"] == "crm.loyalty.accounts_merged")
+    assert joined == {
+        "profile_id": silver,
+        "source_event_id": merge["id"],
+        "merged_profile_id": gold,
+        "points": 4000,
+        "balance": 5200,
+        "from_tier": "silver",
+        "tier": "gold",
+    }

@@ -13,6 +13,8 @@ from hypothesis import strategies as st
 
 from crm_loyalty.domain.ledger import (
     Account,
+    AccountsJoined,
+    Debt,
     ExpiryWarned,
     Ledger,
     NotEnoughPoints,
@@ -358,3 +360,60 @@ def test_an_account_that_qualifies_again_within_the_grace_period_keeps_its_tier(
     ledger.apply(order("e-2", "1000", "o-2", time="2027-04-01T00:00:00Z"))
     ledger.review("p-1", datetime(2027, 6, 1, tzinfo=UTC))
     assert (account.tier, account.below_since) == ("silver", None)
+
+
+# --- merges ---------------------------------------------------------------------------------------
+def test_a_merge_joins_two_accounts_keeps_the_higher_tier_and_pays_debts_from_lots() -> None:
+    ledger = run(
+        [
+            order("e-1", "1500", "o-1"),  # p-1: silver, 1,500 points
+            event("web.order_completed", "e-2", "p-2", revenue="300", order_id="o-2"),
+            event("web.order_refunded", "e-3", "p-2", order_id="o-2", amount=None),
+        ]
+    )
+    second = ledger.accounts["p-2"]
+    ledger.redeem("p-1", "r-0", "coffee", 100, START)  # p-1 at 1,400
+    # p-2 spent its 300 before the refund: a debt of 300.
+    second.lots.clear()
+    second.debts.append(Debt("spent", 300))
+    second.balance = -300
+    ledger.merge("p-2", "p-1", "snapshot-1", START)
+    survivor = ledger.accounts["p-1"]
+    assert "p-2" not in ledger.accounts
+    assert survivor.balance == 1100
+    assert survivor.debts == []
+    assert sum(lot.remaining for lot in survivor.lots) == 1100
+    assert survivor.tier == "silver"
+    joined = [o for o in ledger.outcomes if isinstance(o, AccountsJoined)]
+    assert [(j.merged_profile_id, j.points, j.balance, j.from_tier, j.tier) for j in joined] == [
+        ("p-2", -300, 1100, "silver", "silver")
+    ]
+
+
+def test_a_merge_can_lift_the_survivor_with_the_combined_qualifying_total() -> None:
+    ledger = run(
+        [
+            order("e-1", "700", "o-1"),
+            event("web.order_completed", "e-2", "p-2", revenue="600", order_id="o-2"),
+        ]
+    )
+    assert {a.tier for a in ledger.accounts.values()} == {"member"}
+    ledger.merge("p-2", "p-1", "snapshot-1", START)
+    assert ledger.accounts["p-1"].tier == "silver", "1,300 together"
+    assert ledger.accounts["p-1"].review_at is not None
+    assert_books_balance_except(ledger, {"p-2"})
+
+
+def test_a_merge_into_a_profile_without_an_account_moves_it_whole() -> None:
+    ledger = run([order("e-1", "5000", "o-1")])
+    ledger.merge("p-1", "p-9", "snapshot-1", START)
+    moved = ledger.accounts["p-9"]
+    assert (moved.balance, moved.tier) == (5000, "gold")
+    joined = [o for o in ledger.outcomes if isinstance(o, AccountsJoined)]
+    assert joined[0].from_tier is None
+
+
+def assert_books_balance_except(ledger: Ledger, gone: set[str]) -> None:
+    for account in ledger.accounts.values():
+        assert account.profile_id not in gone
+        assert open_points(account.lots, account.debts) == account.balance

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from crm_loyalty.api import router
-from crm_loyalty.handlers import timer_effects, touchpoint_effects
+from crm_loyalty.handlers import profile_effects, timer_effects, touchpoint_effects
 from crm_loyalty.program import Program, load_program
 from crm_loyalty.settings import LoyaltySettings
 from crm_shared import replica, timers
@@ -48,7 +48,9 @@ def build(
         touchpoint_effects(program),
     )
     service.run_timers(timer_effects(program))
-    service.consume("loyalty.profiles", PROFILES, replica.decode_profile_record, replica.effects)
+    service.consume(
+        "loyalty.profiles", PROFILES, replica.decode_profile_record, profile_effects(program)
+    )
     service.app.include_router(router)
     return service
 

@@ -12,15 +12,21 @@ from crm_loyalty.domain.ledger import (
     EXPIRY,
     EXPIRY_WARNING,
     TIER_REVIEW,
+    AccountsJoined,
     ExpiryWarned,
     Ledger,
     Outcome,
     PointsMoved,
 )
 from crm_loyalty.program import PURCHASE_ACTIONS, Program
-from crm_shared.consumer import ApplyBatch
-from crm_shared.contracts import LOYALTY, TouchpointEnvelope, derived_event_id
+from crm_shared import replica
+from crm_shared.consumer import Apply, ApplyBatch, Contended
+from crm_shared.contracts import LOYALTY, ProfileSnapshot, TouchpointEnvelope, derived_event_id
 from crm_shared.contracts.derived import (
+    AccountErased,
+    AccountErasedData,
+    AccountsMerged,
+    AccountsMergedData,
     PointsData,
     PointsEarned,
     PointsExpired,
@@ -36,6 +42,7 @@ from crm_shared.contracts.envelope import CloudEvent
 from crm_shared.database import DbConnection
 from crm_shared.kafka import OutgoingRecord
 from crm_shared.outbox import event_record
+from crm_shared.replica import Tombstone
 from crm_shared.service import Runtime
 from crm_shared.timers import Fire, Timer, schedule
 
@@ -72,6 +79,24 @@ def loyalty_event(outcome: Outcome, *, source: str) -> CloudEvent[Any]:
                 points=outcome.points,
                 balance=outcome.balance,
                 reason=outcome.reason,
+            ),
+        )
+    if isinstance(outcome, AccountsJoined):
+        return AccountsMerged(
+            specversion="1.0",
+            id=derived_event_id("loyalty-merged", outcome.source_event_id, outcome.profile_id),
+            source=source,
+            type="crm.loyalty.accounts_merged",
+            time=outcome.time,
+            subject=outcome.profile_id,
+            data=AccountsMergedData(
+                profile_id=outcome.profile_id,
+                source_event_id=outcome.source_event_id,
+                merged_profile_id=outcome.merged_profile_id,
+                points=outcome.points,
+                balance=outcome.balance,
+                from_tier=outcome.from_tier,
+                tier=outcome.tier,
             ),
         )
     if isinstance(outcome, ExpiryWarned):
@@ -136,13 +161,24 @@ def touchpoint_effects(program: Program) -> Any:
             if not moving:
                 return []
             order_ids = {e.data.order_id for e in moving if hasattr(e.data, "order_id")}
-            profile_ids = {e.profileid for e in moving if e.profileid is not None}
+            named = {e.profileid for e in moving if e.profileid is not None}
+            # A touchpoint of a profile merged away meanwhile counts for the survivor.
+            redirected = await store.survivors(conn, named)
+            moving = [
+                e.model_copy(update={"profileid": redirected[e.profileid]})
+                if e.profileid in redirected
+                else e
+                for e in moving
+            ]
             # An order's account may not be the event's (a refund that came first): lock the
             # orders, read which accounts they belong to, then lock every account involved.
             await store.lock_orders(conn, order_ids)
             orders = await store.load_orders(conn, order_ids)
-            involved = profile_ids | {o.profile_id for o in orders.values()}
+            involved = (named - redirected.keys()) | set(redirected.values())
+            involved |= {o.profile_id for o in orders.values()}
             await store.lock_accounts(conn, involved)
+            if await store.survivors(conn, named | involved) != redirected:
+                raise Contended("a profile of this batch was merged while it waited")
             ledger = Ledger(program, await store.load_accounts(conn, involved), orders)
             for event in moving:
                 ledger.apply(event)
@@ -188,3 +224,52 @@ FIRE: dict[str, Callable[[Ledger, str, datetime], None]] = {
     EXPIRY_WARNING: Ledger.warn,
     TIER_REVIEW: Ledger.review,
 }
+
+
+def profile_effects(program: Program) -> Callable[[Runtime], Apply[ProfileSnapshot | Tombstone]]:
+    """The effect function of `loyalty.profiles`: keep the replica, merge the account of a
+    merged-away profile into the survivor's, and erase the account of an erased one."""
+
+    def build(runtime: Runtime) -> Apply[ProfileSnapshot | Tombstone]:
+        topic = LOYALTY.full_name(runtime.settings.topic_prefix)
+        source = f"crm-{runtime.settings.service_name}"
+
+        async def apply(
+            conn: DbConnection, item: ProfileSnapshot | Tombstone
+        ) -> Sequence[OutgoingRecord]:
+            await replica.store_profile(conn, item)
+            now = runtime.clock.now()
+            if isinstance(item, Tombstone):
+                await store.lock_accounts(conn, [item.profile_id])
+                if not await store.erase_account(conn, item.profile_id):
+                    return []
+                erased = AccountErased(
+                    specversion="1.0",
+                    id=derived_event_id("loyalty-erased", item.profile_id),
+                    source=source,
+                    type="crm.loyalty.account_erased",
+                    time=now,
+                    subject=item.profile_id,
+                    data=AccountErasedData(profile_id=item.profile_id),
+                )
+                return [event_record(topic, item.profile_id, erased)]
+            merged, into = item.data.profile_id, item.data.merged_into
+            if into is None:
+                return []
+            survivor = (await store.survivors(conn, [into])).get(into, into)
+            await store.lock_accounts(conn, [merged, survivor])
+            if (await store.survivors(conn, [into])).get(into, into) != survivor:
+                raise Contended("the survivor was merged in turn while this waited")
+            await store.record_merge(conn, merged, survivor)
+            accounts = await store.load_accounts(conn, [merged, survivor])
+            if merged not in accounts:
+                return []
+            ledger = Ledger(program, accounts, {})
+            ledger.merge(merged, survivor, item.id, now)
+            await store.repoint(conn, merged, survivor)
+            await store.save(conn, ledger)
+            return loyalty_records(ledger.outcomes, topic=topic, source=source)
+
+        return apply
+
+    return build

@@ -217,7 +217,7 @@ async def _save_lots(conn: DbConnection, ledger: Ledger) -> None:
             "SELECT * FROM unnest($1::text[], $2::text[], $3::timestamptz[], "
             "$4::timestamptz[], $5::bigint[], $6::text[], $7::boolean[]) "
             "ON CONFLICT (entry_id) DO UPDATE SET remaining = EXCLUDED.remaining, "
-            "warned = EXCLUDED.warned",
+            "warned = EXCLUDED.warned, profile_id = EXCLUDED.profile_id",
             [lot.entry_id for lot in kept],
             [owner[lot.entry_id] for lot in kept],
             [lot.earned_at for lot in kept],
@@ -239,7 +239,8 @@ async def _save_debts(conn: DbConnection, ledger: Ledger) -> None:
         await conn.execute(
             "INSERT INTO debts (entry_id, profile_id, unpaid) "
             "SELECT * FROM unnest($1::text[], $2::text[], $3::bigint[]) "
-            "ON CONFLICT (entry_id) DO UPDATE SET unpaid = EXCLUDED.unpaid",
+            "ON CONFLICT (entry_id) DO UPDATE SET unpaid = EXCLUDED.unpaid, "
+            "profile_id = EXCLUDED.profile_id",
             [d.entry_id for d in open_],
             [owner[d.entry_id] for d in open_],
             [d.unpaid for d in open_],
@@ -444,3 +445,64 @@ async def redemptions_page(
             limit,
         )
     )
+
+
+# --- merges and erasure -------------------------------------------------------------------------
+async def survivors(conn: DbConnection, profile_ids: Iterable[str]) -> dict[str, str]:
+    """The surviving profile of each merged-away one among `profile_ids`."""
+    rows = await conn.fetch(
+        "SELECT merged_profile_id, survivor FROM account_merges "
+        "WHERE merged_profile_id = ANY($1::text[])",
+        sorted(set(profile_ids)),
+    )
+    return {r["merged_profile_id"]: r["survivor"] for r in rows}
+
+
+async def record_merge(conn: DbConnection, merged: str, survivor: str) -> None:
+    await conn.execute(
+        "INSERT INTO account_merges (merged_profile_id, survivor) VALUES ($1, $2) "
+        "ON CONFLICT (merged_profile_id) DO UPDATE SET survivor = EXCLUDED.survivor",
+        merged,
+        survivor,
+    )
+    await conn.execute(
+        "UPDATE account_merges SET survivor = $2 WHERE survivor = $1", merged, survivor
+    )
+
+
+async def repoint(conn: DbConnection, merged: str, survivor: str) -> None:
+    """Give the merged account's rows to the survivor (lots, debts and qualifying months are
+    written by `save`) and remove what is left of it."""
+    for table in ("ledger", "orders", "redemptions"):
+        await conn.execute(
+            f"UPDATE {table} SET profile_id = $2 WHERE profile_id = $1",
+            merged,
+            survivor,
+        )
+    await conn.execute("DELETE FROM qualifying_months WHERE profile_id = $1", merged)
+    await conn.execute("DELETE FROM accounts WHERE profile_id = $1", merged)
+    for kind in TIMER_KINDS:
+        await schedule(conn, kind, [(merged, None)])
+
+
+async def erase_account(conn: DbConnection, profile_id: str) -> bool:
+    """Delete everything held about the account; whether there was one."""
+    existed = await conn.fetchval(
+        "DELETE FROM accounts WHERE profile_id = $1 RETURNING true", profile_id
+    )
+    await conn.execute(
+        "DELETE FROM allocations a USING ledger l "
+        "WHERE l.profile_id = $1 AND (a.debit_id = l.entry_id OR a.credit_id = l.entry_id)",
+        profile_id,
+    )
+    for table in ("lots", "debts", "ledger", "orders", "qualifying_months", "redemptions"):
+        await conn.execute(
+            f"DELETE FROM {table} WHERE profile_id = $1",
+            profile_id,
+        )
+    await conn.execute(
+        "DELETE FROM account_merges WHERE merged_profile_id = $1 OR survivor = $1", profile_id
+    )
+    for kind in TIMER_KINDS:
+        await schedule(conn, kind, [(profile_id, None)])
+    return bool(existed)

@@ -160,6 +160,25 @@ class SegmentChangedData(LoyaltyData):
     previous_segment: NonEmptyStr | None = None
 
 
+class AccountsMergedData(LoyaltyData):
+    """Profile merged `merged_profile_id` into `profile_id`: its ledger, lots, orders and
+    redemptions now belong to this account (`source_event_id`: the merged profile's
+    snapshot)."""
+
+    merged_profile_id: ProfileId
+    points: int = Field(description="the merged account's balance, now this one's")
+    balance: int
+    from_tier: NonEmptyStr | None = Field(description="this account's tier before; null if new")
+    tier: NonEmptyStr = Field(
+        description="the higher of the two, or what the combined qualifying total reaches"
+    )
+
+
+class AccountErasedData(LoyaltyData):
+    """The person was erased: the account, its ledger and its redemptions are gone. Drop
+    whatever you keep about `profile_id`."""
+
+
 class PointsEarned(CloudEvent[PointsData]):
     type: Literal["crm.loyalty.points_earned"]
 
@@ -194,6 +213,14 @@ class SegmentChanged(CloudEvent[SegmentChangedData]):
     type: Literal["crm.loyalty.segment_changed"]
 
 
+class AccountsMerged(CloudEvent[AccountsMergedData]):
+    type: Literal["crm.loyalty.accounts_merged"]
+
+
+class AccountErased(CloudEvent[AccountErasedData]):
+    type: Literal["crm.loyalty.account_erased"]
+
+
 LoyaltyEvent = Annotated[
     PointsEarned
     | PointsRedeemed
@@ -202,7 +229,9 @@ LoyaltyEvent = Annotated[
     | PointsExpired
     | PointsExpiring
     | TierChanged
-    | SegmentChanged,
+    | SegmentChanged
+    | AccountsMerged
+    | AccountErased,
     Field(discriminator="type"),
 ]
 LOYALTY_ADAPTER: TypeAdapter[CloudEvent[Any]] = TypeAdapter(LoyaltyEvent)

@@ -158,7 +158,21 @@ class ExpiryWarned:
     time: datetime
 
 
-Outcome = PointsMoved | TierMoved | ExpiryWarned
+@dataclass(frozen=True)
+class AccountsJoined:
+    """Two accounts became one when profile merged their profiles."""
+
+    profile_id: str
+    merged_profile_id: str
+    source_event_id: str
+    points: int
+    balance: int
+    from_tier: str | None
+    tier: str
+    time: datetime
+
+
+Outcome = PointsMoved | TierMoved | ExpiryWarned | AccountsJoined
 
 # The account timers (crm_shared.timers kinds), keyed by profile id.
 EXPIRY = "expiry"
@@ -325,6 +339,52 @@ class Ledger:
             )
         points = sum(lot.remaining for lot in taken)
         self._moved("restored", account, source, points, f"cancelled:{redemption_id}", at)
+
+    def merge(self, merged_id: str, survivor_id: str, source_event_id: str, at: datetime) -> None:
+        """Move the merged profile's account into the survivor's: balance, lots, debts (paid
+        from the other's lots where they can be), qualifying months and once-bonuses. The
+        survivor keeps the higher tier, or rises to what the combined total reaches."""
+        source = self.accounts.pop(merged_id)
+        self.changed_accounts.discard(merged_id)
+        known = survivor_id in self.accounts
+        target = self.account(survivor_id, at)
+        from_tier = target.tier if known else None
+        target.balance += source.balance
+        for lot in source.lots:
+            target.lots.append(lot)
+            self.changed_lots[lot.entry_id] = lot
+        target.lots.sort(key=lambda lot: (lot.earned_at, lot.entry_id))
+        debts, target.debts = [*target.debts, *source.debts], []
+        for debt in debts:
+            unpaid, debt.unpaid = debt.unpaid, 0
+            self.changed_debts[debt.entry_id] = debt
+            self._take(target, debt.entry_id, unpaid, None)
+        for month, amount in source.qualifying.items():
+            target.qualifying[month] = target.qualifying.get(month, Decimal(0)) + amount
+            self.changed_months.add((survivor_id, month))
+        target.once |= source.once
+        program = self.program
+        if not known or program.rank(source.tier) > program.rank(target.tier):
+            target.tier, target.tier_since = source.tier, source.tier_since
+            target.below_since = source.below_since
+        reviews = [at for at in (target.review_at, source.review_at) if at is not None]
+        target.review_at = min(reviews) if reviews and program.rank(target.tier) > 0 else None
+        reached = program.tier_for(target.qualifying_over(program.tiers.window_months, at))
+        if program.rank(reached.name) > program.rank(target.tier):
+            target.tier, target.tier_since, target.below_since = reached.name, at, None
+            self._schedule_review(target, at)
+        self.outcomes.append(
+            AccountsJoined(
+                survivor_id,
+                merged_id,
+                source_event_id,
+                source.balance,
+                target.balance,
+                from_tier,
+                target.tier,
+                at,
+            )
+        )
 
     # --- timers -----------------------------------------------------------------------------
     def expire(self, profile_id: str, now: datetime) -> None:
