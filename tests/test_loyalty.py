@@ -12,6 +12,7 @@ from typing import Any
 
 import httpx
 import pytest
+from prometheus_client import REGISTRY
 
 from crm_loyalty.app import build
 from crm_loyalty.check import check
@@ -63,6 +64,10 @@ async def handled(pool: Any, count: int) -> bool:
     return done >= count
 
 
+def points_moved(movement: str) -> float:
+    return REGISTRY.get_sample_value("crm_loyalty_points_total", {"movement": movement}) or 0.0
+
+
 @pytest.fixture
 async def loyalty_url(databases: Databases) -> str:
     return await databases.create("loyalty")
@@ -83,6 +88,7 @@ async def test_orders_earn_once_lift_the_tier_and_refunds_take_back_exactly(
     events = [web, web, store, early_refund, late_order, page]
     settings = service_settings(LoyaltySettings, endpoints, topic_prefix, loyalty_url)
     service = build(settings)
+    earned, reversed_ = points_moved("earned"), points_moved("reversed")
     async with running(service):
         pool = service.app.state.runtime.db
         await publish(endpoints, topic_prefix, events)
@@ -94,6 +100,12 @@ async def test_orders_earn_once_lift_the_tier_and_refunds_take_back_exactly(
             ledger = (await http.get(f"/v1/accounts/{ana}/ledger", headers=ADMIN)).json()
             unknown = await http.get("/v1/accounts/p-nobody", headers=ADMIN)
             anonymous = await http.get(f"/v1/accounts/{ana}")
+            metrics = (await http.get("/metrics")).text
+
+    assert points_moved("earned") - earned == 600 + 450 + 125, "counted once, after commit"
+    assert points_moved("reversed") - reversed_ == 125
+    assert 'crm_consumer_lag{consumer="loyalty.touchpoints",partition=' in metrics
+    assert "crm_loyalty_points_total" in metrics
 
     # 600 web points, then 300 EUR in a store at 1.5 a euro: 1,050 qualifying, silver at once.
     # The late order earns at silver (100 x 1.25) and its early refund takes all 125 back.

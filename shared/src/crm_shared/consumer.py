@@ -21,17 +21,17 @@ from datetime import UTC, datetime
 from typing import Any, Generic, TypeVar
 
 import asyncpg
-from aiokafka import AIOKafkaProducer, ConsumerRecord
+from aiokafka import AIOKafkaProducer, ConsumerRecord, TopicPartition
 from aiokafka.errors import KafkaError
 from faststream import AckPolicy
 from faststream.kafka import KafkaBroker
-from prometheus_client import Counter
+from prometheus_client import Counter, Gauge
 from pydantic import ValidationError
 
 from crm_shared.contracts.envelope import dedupe_key, json_context
 from crm_shared.contracts.topics import DEADLETTER
 from crm_shared.contracts.touchpoints import TOUCHPOINT_ADAPTER
-from crm_shared.database import DbConnection
+from crm_shared.database import DbConnection, unit_of_work
 from crm_shared.errors import summary
 from crm_shared.kafka import OutgoingRecord, publish_all
 from crm_shared.logging import get_logger
@@ -42,6 +42,11 @@ log = get_logger(__name__)
 
 E = TypeVar("E")
 
+LAG = Gauge(
+    "crm_consumer_lag",
+    "Records behind the end of the partition after the last batch",
+    ["service", "consumer", "partition"],
+)
 RECORDS = Counter(
     "crm_consumer_records_total",
     "Records handled by a consumer, by outcome",
@@ -167,6 +172,7 @@ class IdempotentConsumer(Generic[E]):
         self._relay = relay
         self._settings = settings
         self._deadletter_topic = DEADLETTER.full_name(settings.topic_prefix)
+        self._subscriber: Any = None
 
     def subscribe(self, broker: KafkaBroker, group_id: str) -> None:
         """Register with FastStream: offsets are committed only after `handle_batch` returns;
@@ -175,7 +181,7 @@ class IdempotentConsumer(Generic[E]):
         async def on_batch(records: Any) -> None:
             await self.handle_batch(records)
 
-        broker.subscriber(
+        self._subscriber = broker.subscriber(
             self.topic,
             group_id=group_id,
             auto_offset_reset="earliest",
@@ -188,7 +194,8 @@ class IdempotentConsumer(Generic[E]):
             # FastStream's own decoding would parse every body for nothing, and taking the
             # message from its context costs a hop to a worker thread for every batch.
             decoder=_records_of,
-        )(on_batch)
+        )
+        self._subscriber(on_batch)
 
     async def handle(self, record: ConsumerRecord[bytes, bytes]) -> None:
         await self.handle_batch((record,))
@@ -209,6 +216,23 @@ class IdempotentConsumer(Generic[E]):
         elif decoded and not await self._apply_together(decoded):
             for record, received in decoded:
                 await self._handle_one(record, received)
+        self._measure_lag(records)
+
+    def _measure_lag(self, records: Sequence[ConsumerRecord[bytes, bytes]]) -> None:
+        """Records behind the end of each partition of the batch, by the end the last fetch
+        saw (a broker-side figure: it needs no request of its own)."""
+        consumer = getattr(self._subscriber, "consumer", None)
+        if consumer is None:
+            return
+        last: dict[tuple[str, int], int] = {}
+        for record in records:
+            last[(record.topic, record.partition)] = record.offset
+        for (topic, partition), offset in last.items():
+            end = consumer.highwater(TopicPartition(topic, partition))
+            if end is not None:
+                LAG.labels(self._settings.service_name, self.name, str(partition)).set(
+                    max(end - offset - 1, 0)
+                )
 
     async def _apply_together(self, decoded: list[Decoded[E]]) -> bool:
         """The batch in one transaction, retried in place on deadlocks; False when it failed
@@ -294,7 +318,7 @@ class IdempotentConsumer(Generic[E]):
     async def _apply_once(self, batch: Sequence[Received[E]]) -> int:
         """One transaction: claim the event ids, apply the events not seen before (in order,
         each once), queue what they emit. Returns how many were new."""
-        async with self._pool.acquire() as conn, conn.transaction():
+        async with self._pool.acquire() as conn, unit_of_work(conn):
             fresh = await claim(conn, self.name, batch)
             if fresh:
                 await write_outbox(conn, await self._apply(conn, fresh))

@@ -5,7 +5,9 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-from collections.abc import Iterable
+from collections.abc import AsyncIterator, Callable, Iterable
+from contextlib import asynccontextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass
 from importlib import resources
 from typing import Any
@@ -163,3 +165,31 @@ async def try_lock_keys(conn: DbConnection, keys: Iterable[str]) -> set[str]:
         list(keys),
     )
     return {r["k"] for r in rows}
+
+
+_AFTER_COMMIT: ContextVar[list[Callable[[], None]] | None] = ContextVar(
+    "after_commit", default=None
+)
+
+
+@asynccontextmanager
+async def unit_of_work(conn: DbConnection) -> AsyncIterator[None]:
+    """A transaction whose `after_commit` callbacks run once it committed (never when it rolls
+    back): metrics count what really happened, even when a batch is retried."""
+    pending: list[Callable[[], None]] = []
+    token = _AFTER_COMMIT.set(pending)
+    try:
+        async with conn.transaction():
+            yield
+    finally:
+        _AFTER_COMMIT.reset(token)
+    for callback in pending:
+        callback()
+
+
+def after_commit(callback: Callable[[], None]) -> None:
+    """Run `callback` when the current unit of work commits."""
+    pending = _AFTER_COMMIT.get()
+    if pending is None:
+        raise RuntimeError("after_commit() outside a unit_of_work()")
+    pending.append(callback)

@@ -17,6 +17,7 @@ from crm_loyalty.handlers import loyalty_records
 from crm_loyalty.program import Program
 from crm_shared.auth import admin_only, authorised, no_nul
 from crm_shared.contracts import LOYALTY, derived_event_id
+from crm_shared.database import unit_of_work
 from crm_shared.outbox import write_outbox
 from crm_shared.problems import Problem
 from crm_shared.service import Runtime, runtime_of
@@ -346,7 +347,7 @@ async def redeem(
         )
     now = runtime.clock.now()
     redemption_id = derived_event_id("redemption", idempotency_key)
-    async with runtime.db.acquire() as conn, conn.transaction():
+    async with runtime.db.acquire() as conn, unit_of_work(conn):
         # The key first, then the account: a retry waits for the first try and finds its row.
         await store.lock_idempotency_key(conn, idempotency_key)
         earlier = await store.find_redemption(conn, key=idempotency_key)
@@ -475,7 +476,7 @@ async def cancel_redemption(request: Request, redemption_id: str) -> RedemptionV
     program = program_of(request)
     runtime = runtime_of(request)
     now = runtime.clock.now()
-    async with runtime.db.acquire() as conn, conn.transaction():
+    async with runtime.db.acquire() as conn, unit_of_work(conn):
         row = await store.find_redemption(conn, redemption_id=redemption_id)
         if row is None:
             raise HTTPException(404, "no such redemption")

@@ -3,9 +3,11 @@ transaction, and emit what changed on `crm.loyalty.v1` through the outbox; keep 
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from datetime import datetime
 from typing import Any
+
+from prometheus_client import Counter
 
 from crm_loyalty import store
 from crm_loyalty.domain.ledger import (
@@ -39,7 +41,7 @@ from crm_shared.contracts.derived import (
     TierChangedData,
 )
 from crm_shared.contracts.envelope import CloudEvent
-from crm_shared.database import DbConnection
+from crm_shared.database import DbConnection, after_commit
 from crm_shared.kafka import OutgoingRecord
 from crm_shared.outbox import event_record
 from crm_shared.replica import Tombstone
@@ -137,13 +139,29 @@ def loyalty_event(outcome: Outcome, *, source: str) -> CloudEvent[Any]:
     )
 
 
+POINTS = Counter(
+    "crm_loyalty_points_total",
+    "Points moved, by movement (earned, reversed, redeemed, restored, expired)",
+    ["movement"],
+)
+EVENTS = Counter("crm_loyalty_events_total", "Loyalty events published, by type", ["type"])
+
+
 def loyalty_records(
-    outcomes: Iterable[Outcome], *, topic: str, source: str
+    outcomes: Sequence[Outcome], *, topic: str, source: str
 ) -> list[OutgoingRecord]:
-    return [
-        event_record(topic, outcome.profile_id, loyalty_event(outcome, source=source))
-        for outcome in outcomes
-    ]
+    """The outcomes as outbox records; counted in the metrics once the transaction commits."""
+    events = [loyalty_event(outcome, source=source) for outcome in outcomes]
+    moved = [o for o in outcomes if isinstance(o, PointsMoved)]
+
+    def count() -> None:
+        for outcome in moved:
+            POINTS.labels(outcome.kind).inc(abs(outcome.points))
+        for event in events:
+            EVENTS.labels(event.type.removeprefix("crm.loyalty.")).inc()
+
+    after_commit(count)
+    return [event_record(topic, event.subject, event) for event in events]
 
 
 def touchpoint_effects(program: Program) -> Any:

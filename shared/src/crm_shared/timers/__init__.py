@@ -19,7 +19,7 @@ from typing import Protocol
 
 import asyncpg
 
-from crm_shared.database import DbConnection, Migration, load_migrations
+from crm_shared.database import DbConnection, Migration, load_migrations, unit_of_work
 from crm_shared.kafka import OutgoingRecord
 from crm_shared.logging import get_logger
 from crm_shared.outbox import OutboxRelay, write_outbox
@@ -144,7 +144,7 @@ class TimerRunner:
     async def fire_due(self) -> int:
         """Fire one batch of due timers; returns how many were handled."""
         now = self._clock.now()
-        async with self._pool.acquire() as conn, conn.transaction():
+        async with self._pool.acquire() as conn, unit_of_work(conn):
             rows = await conn.fetch(
                 "SELECT kind, key, due_at FROM timers WHERE due_at <= $1 "
                 "ORDER BY due_at, kind, key LIMIT $2 FOR UPDATE SKIP LOCKED",
