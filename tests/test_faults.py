@@ -1,5 +1,6 @@
 """Crashes never lose or double an effect: a real profile process is SIGKILLed at the two
-dangerous points, restarted, and the effects are counted in its database and downstream."""
+dangerous points, and a loyalty process in the middle of its backlog; each is restarted, and
+the effects are counted in its database and downstream."""
 
 from __future__ import annotations
 
@@ -12,7 +13,8 @@ from pathlib import Path
 import asyncpg
 import pytest
 
-from crm_shared.contracts import PROFILES, TOUCHPOINTS, TOUCHPOINTS_RESOLVED
+from crm_loyalty.check import check
+from crm_shared.contracts import LOYALTY, PROFILES, TOUCHPOINTS, TOUCHPOINTS_RESOLVED
 from crm_shared.contracts.examples import example_event
 from tests.conftest import Databases
 from tests.support import (
@@ -25,6 +27,7 @@ from tests.support import (
     values_of,
     wait_until,
 )
+from tests.test_loyalty import publish, resolved
 
 
 @pytest.fixture
@@ -140,3 +143,77 @@ async def _records_read(process: ServiceProcess, copies: int) -> bool:
         "crm_consumer_records_total", consumer="loyalty.touchpoints", outcome="duplicate"
     )
     return processed + duplicates == copies
+
+
+async def test_loyalty_killed_mid_batch_earns_every_order_exactly_once_after_restart(
+    endpoints: Endpoints,
+    topic_prefix: str,
+    databases: Databases,
+    processes: list[ServiceProcess],
+    tmp_path: Path,
+) -> None:
+    url = await databases.create("loyalty")
+    people = [f"p-{n:02}-{uuid.uuid4().hex[:6]}" for n in range(20)]
+    # Small orders: nobody reaches silver, so every order earns its revenue in points.
+    orders = [
+        resolved(
+            "web.order_completed",
+            people[n % len(people)],
+            n % 60,
+            order_id=f"o-{n}",
+            revenue=1 + n % 5,
+            currency="EUR",
+        )
+        for n in range(3000)
+    ]
+    expected = {p: 0 for p in people}
+    for order in orders:
+        expected[order["profileid"]] += order["data"]["revenue"]
+    await publish(endpoints, topic_prefix, orders)
+
+    loyalty = ServiceProcess(
+        "crm_loyalty",
+        {**service_env(endpoints, topic_prefix, url), "CRM_CONSUMER_BATCH_SIZE": "100"},
+        free_port(),
+        tmp_path / "loyalty.log",
+    )
+    processes.append(loyalty)
+    loyalty.start()
+    handled_sql = "SELECT count(*) FROM processed_events WHERE consumer = 'loyalty.touchpoints'"
+
+    async def started_handling() -> bool:
+        try:
+            return bool(await _scalar(url, handled_sql))
+        except asyncpg.UndefinedTableError:
+            return False  # not migrated yet
+
+    await wait_until(started_handling, timeout=90, what="loyalty to commit a first batch")
+    assert loyalty.process is not None
+    loyalty.process.send_signal(signal.SIGKILL)
+    assert await loyalty.wait_exit() == -signal.SIGKILL
+    done_at_kill = await _scalar(url, handled_sql)
+    assert isinstance(done_at_kill, int)
+    assert 0 < done_at_kill < len(orders), "killed with work left"
+
+    loyalty.start()
+
+    async def all_handled() -> bool:
+        return await _scalar(url, handled_sql) == len(orders)
+
+    await wait_until(all_handled, timeout=120, what="every order after the restart")
+    conn = await asyncpg.connect(url)
+    try:
+        balances = {
+            r["profile_id"]: r["balance"] for r in await conn.fetch("SELECT * FROM accounts")
+        }
+        entries = await conn.fetchval("SELECT count(*) FROM ledger")
+    finally:
+        await conn.close()
+    assert balances == expected
+    assert entries == len(orders)
+    assert await check(url) == 0
+    await wait_until(lambda: _outbox_empty(url), timeout=60, what="the outbox to drain")
+    earned = values_of(
+        await read_topic(endpoints.bootstrap, LOYALTY.full_name(topic_prefix), at_least=len(orders))
+    )
+    assert len({e["id"] for e in earned}) == len(orders), "a re-published event keeps its id"
