@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from datetime import datetime
+import base64
+import binascii
+from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Annotated, Any, Literal
 
@@ -531,3 +533,204 @@ async def account_redemptions(
         items=[_view(r, account.balance) for r in page],
         next_cursor=str(page[-1]["seq"]) if len(rows) > limit else None,
     )
+
+
+# --- segments -----------------------------------------------------------------------------------
+class RfmView(BaseModel):
+    recency: int = Field(ge=1, le=5)
+    frequency: int = Field(ge=1, le=5)
+    monetary: int = Field(ge=1, le=5)
+    segment: str
+    scored_at: datetime
+
+
+class RuleMembership(BaseModel):
+    segment: str
+    since: datetime
+    last_at: datetime = Field(description="the last matching touchpoint")
+    until: datetime = Field(description="when the membership ends unless another one comes")
+
+
+class CustomerSegments(BaseModel):
+    profile_id: str
+    rfm: RfmView | None = Field(description="null until the customer has an order scored")
+    rules: list[RuleMembership]
+
+
+class SegmentView(BaseModel):
+    segment: str
+    kind: Literal["rfm", "rule"]
+    description: str
+    members: int
+
+
+class SegmentMembers(BaseModel):
+    segment: str
+    items: list[str] = Field(description="profile ids, in id order")
+    next_cursor: str | None
+
+
+CUSTOMER_SEGMENTS_EXAMPLE = {
+    "profile_id": "5b0e5b4e-8f3a-4c1e-9d52-0f6f3b1a2c7d",
+    "rfm": {
+        "recency": 5,
+        "frequency": 4,
+        "monetary": 5,
+        "segment": "champions",
+        "scored_at": "2026-11-24T03:00:00Z",
+    },
+    "rules": [
+        {
+            "segment": "recent-inbound-callers",
+            "since": "2026-11-23T15:02:00Z",
+            "last_at": "2026-11-23T15:00:00Z",
+            "until": "2026-11-30T15:00:00Z",
+        }
+    ],
+}
+
+RFM_DESCRIPTIONS = {
+    "champions": "bought recently and often",
+    "loyal": "buy often, fairly recently",
+    "potential-loyalist": "recent customers with a few orders",
+    "new": "a first order, recently",
+    "at-risk": "bought often, but not for a while",
+    "cannot-lose": "bought most often, but not for a long while",
+    "hibernating": "few orders, not recently",
+    "lost": "few orders, long ago",
+}
+
+
+@router.get(
+    "/accounts/{profile_id}/segments",
+    response_model=CustomerSegments,
+    tags=["segments"],
+    summary="A customer's RFM scores and segment, and the rule segments they are in",
+    responses={
+        200: {"content": {"application/json": {"example": CUSTOMER_SEGMENTS_EXAMPLE}}},
+        401: {"description": "no or unknown bearer token"},
+    },
+)
+async def customer_segments(request: Request, profile_id: str) -> CustomerSegments:
+    db = runtime_of(request).db
+    rules = {rule.name: rule for rule in program_of(request).segments.rules}
+    rfm = await store.rfm_of(db, profile_id)
+    return CustomerSegments(
+        profile_id=profile_id,
+        rfm=RfmView(**dict(rfm)) if rfm is not None else None,
+        rules=[
+            RuleMembership(
+                segment=r["segment"],
+                since=r["since"],
+                last_at=r["last_at"],
+                until=r["last_at"] + timedelta(days=rules[r["segment"]].within_days),
+            )
+            for r in await store.rule_memberships_of(db, profile_id)
+            if r["segment"] in rules
+        ],
+    )
+
+
+@router.get(
+    "/segments",
+    response_model=list[SegmentView],
+    tags=["segments"],
+    summary="Every segment, RFM and rule, with its number of members",
+    responses={
+        200: {
+            "content": {
+                "application/json": {
+                    "example": [
+                        {
+                            "segment": "champions",
+                            "kind": "rfm",
+                            "description": "bought recently and often",
+                            "members": 1204,
+                        }
+                    ]
+                }
+            }
+        },
+        401: {"description": "no or unknown bearer token"},
+    },
+)
+async def list_segments(request: Request) -> list[SegmentView]:
+    sizes = await store.segment_sizes(runtime_of(request).db)
+    rules = program_of(request).segments.rules
+    return [
+        *(
+            SegmentView(segment=name, kind="rfm", description=text, members=sizes.get(name, 0))
+            for name, text in RFM_DESCRIPTIONS.items()
+        ),
+        *(
+            SegmentView(
+                segment=rule.name,
+                kind="rule",
+                description=rule.description,
+                members=sizes.get(rule.name, 0),
+            )
+            for rule in rules
+        ),
+    ]
+
+
+@router.get(
+    "/segments/{segment}/members",
+    response_model=SegmentMembers,
+    tags=["segments"],
+    summary="The members of a segment, a page at a time",
+    responses={
+        200: {
+            "content": {
+                "application/json": {
+                    "example": {
+                        "segment": "champions",
+                        "items": ["5b0e5b4e-8f3a-4c1e-9d52-0f6f3b1a2c7d"],
+                        "next_cursor": None,
+                    }
+                }
+            }
+        },
+        401: {"description": "no or unknown bearer token"},
+        404: {"description": "no such segment"},
+        422: {"description": "a parameter is not valid (e.g. a cursor this API did not give)"},
+    },
+)
+async def segment_members(
+    request: Request,
+    segment: str,
+    cursor: Annotated[str | None, Query(description="from a previous page")] = None,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+) -> SegmentMembers:
+    after = _after_id(cursor)
+    rules = {rule.name for rule in program_of(request).segments.rules}
+    if segment not in rules and segment not in RFM_DESCRIPTIONS:
+        raise HTTPException(404, f"no segment {segment!r}: see GET /v1/segments")
+    ids = await store.segment_members(
+        runtime_of(request).db, segment, segment in rules, after, limit + 1
+    )
+    page = ids[:limit]
+    next_cursor = None
+    if len(ids) > limit:
+        next_cursor = base64.urlsafe_b64encode(page[-1].encode()).decode().rstrip("=")
+    return SegmentMembers(segment=segment, items=page, next_cursor=next_cursor)
+
+
+def _after_id(cursor: str | None) -> str | None:
+    if cursor is None:
+        return None
+    try:
+        after = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
+        if "\x00" in after or len(after) > 256:
+            raise ValueError
+    except (ValueError, binascii.Error):
+        raise RequestValidationError(
+            [
+                {
+                    "type": "value_error",
+                    "loc": ("query", "cursor"),
+                    "msg": "is not a cursor this API gave out",
+                }
+            ]
+        ) from None
+    return after

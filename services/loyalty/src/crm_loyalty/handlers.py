@@ -9,7 +9,7 @@ from typing import Any
 
 from prometheus_client import Counter
 
-from crm_loyalty import store
+from crm_loyalty import segments, store
 from crm_loyalty.domain.ledger import (
     EXPIRY,
     EXPIRY_WARNING,
@@ -43,7 +43,8 @@ from crm_shared.contracts.derived import (
 from crm_shared.contracts.envelope import CloudEvent
 from crm_shared.database import DbConnection, after_commit
 from crm_shared.kafka import OutgoingRecord
-from crm_shared.outbox import event_record
+from crm_shared.logging import get_logger
+from crm_shared.outbox import event_record, write_outbox
 from crm_shared.replica import Tombstone
 from crm_shared.service import Runtime
 from crm_shared.timers import Fire, Timer, schedule
@@ -58,8 +59,18 @@ POINTS_EVENTS: dict[str, type[CloudEvent[PointsData]]] = {
 
 
 def _counts(program: Program) -> frozenset[str]:
-    """The touchpoint actions that can move points under `program`."""
-    return PURCHASE_ACTIONS | {"order_refunded"} | {b.action for b in program.earn.bonuses}
+    """The touchpoint actions that can move points or segments under `program`."""
+    bonuses = {b.action for b in program.earn.bonuses}
+    rules = {r.action for r in program.segments.rules}
+    return PURCHASE_ACTIONS | {"order_refunded"} | bonuses | rules
+
+
+def segment_records(
+    moves: Sequence[segments.Move], *, topic: str, source: str, at: datetime
+) -> list[OutgoingRecord]:
+    events = [segments.segment_event(move, source=source, at=at) for move in moves]
+    after_commit(lambda: EVENTS.labels("segment_changed").inc(len(events)))
+    return [event_record(topic, event.subject, event) for event in events]
 
 
 def loyalty_event(outcome: Outcome, *, source: str) -> CloudEvent[Any]:
@@ -139,6 +150,8 @@ def loyalty_event(outcome: Outcome, *, source: str) -> CloudEvent[Any]:
     )
 
 
+log = get_logger(__name__)
+
 POINTS = Counter(
     "crm_loyalty_points_total",
     "Points moved, by movement (earned, reversed, redeemed, restored, expired)",
@@ -201,7 +214,26 @@ def touchpoint_effects(program: Program) -> Any:
             for event in moving:
                 ledger.apply(event)
             await store.save(conn, ledger)
-            return loyalty_records(ledger.outcomes, topic=topic, source=source)
+            now = runtime.clock.now()
+            hits = [
+                (rule, event.profileid, event.time)
+                for event in moving
+                for rule in program.segments.rules
+                if event.profileid is not None
+                and rule.action == event.type.rsplit(".", 1)[1]
+                and rule.matches(event.data)
+            ]
+            moves = await segments.apply_rule_hits(conn, hits, now)
+            ordering = {
+                ledger.orders[o].profile_id
+                for o in ledger.changed_orders
+                if ledger.orders[o].revenue is not None
+            }
+            moves += await segments.rescore(conn, program, ordering, now)
+            return [
+                *loyalty_records(ledger.outcomes, topic=topic, source=source),
+                *segment_records(moves, topic=topic, source=source, at=now),
+            ]
 
         return apply
 
@@ -218,19 +250,42 @@ def timer_effects(program: Program) -> Callable[[Runtime], Fire]:
         async def fire(
             conn: DbConnection, timers: Sequence[Timer], now: datetime
         ) -> tuple[list[OutgoingRecord], int]:
+            records: list[OutgoingRecord] = []
+
+            async def emit(moves: Sequence[segments.Move]) -> None:
+                await write_outbox(conn, segment_records(moves, topic=topic, source=source, at=now))
+
+            if any(t.kind == segments.RFM_RECOMPUTE for t in timers):
+                customers = await segments.recompute(conn, program, now, emit)
+                log.info("rfm segments recomputed", customers=customers)
             # The timer rows are ours (SKIP LOCKED); an account a consumer holds right now is
             # skipped, not waited for: that consumer may be waiting for one of these rows.
-            locked = await store.try_lock_accounts(conn, {t.key for t in timers})
-            accounts = await store.load_accounts(conn, locked)
+            subject = {
+                t: t.key.partition(":")[2] if t.kind == segments.SEGMENT_EXIT else t.key
+                for t in timers
+                if t.kind != segments.RFM_RECOMPUTE
+            }
+            locked = await store.try_lock_accounts(conn, set(subject.values()))
+            handled = [t for t in timers if t.kind == segments.RFM_RECOMPUTE]
+            handled += [t for t, profile in subject.items() if profile in locked]
+            exits = [t for t in handled if t.kind == segments.SEGMENT_EXIT]
+            moves = await segments.fire_exits(conn, program, exits, now)
+            rescores = [t for t in handled if t.kind == segments.RFM_RESCORE]
+            rescored, done = await segments.fire_rescores(conn, program, rescores, now)
+            if not done:
+                handled = [t for t in handled if t.kind != segments.RFM_RESCORE]
+            records += segment_records([*moves, *rescored], topic=topic, source=source, at=now)
+            account_timers = [t for t in handled if t.kind in FIRE]
+            accounts = await store.load_accounts(conn, {t.key for t in account_timers})
             ledger = Ledger(program, accounts, {})
-            handled = [t for t in timers if t.key in locked]
-            for timer in handled:
+            for timer in account_timers:
                 if timer.key not in accounts:
                     await schedule(conn, timer.kind, [(timer.key, None)])  # the account is gone
                     continue
                 FIRE[timer.kind](ledger, timer.key, now)
             await store.save(conn, ledger)
-            return loyalty_records(ledger.outcomes, topic=topic, source=source), len(handled)
+            records += loyalty_records(ledger.outcomes, topic=topic, source=source)
+            return records, len(handled)
 
         return fire
 
@@ -279,14 +334,34 @@ def profile_effects(program: Program) -> Callable[[Runtime], Apply[ProfileSnapsh
             if (await store.survivors(conn, [into])).get(into, into) != survivor:
                 raise Contended("the survivor was merged in turn while this waited")
             await store.record_merge(conn, merged, survivor)
+            # The merged profile leaves its segments; the survivor may enter them.
+            rules = {rule.name: rule for rule in program.segments.rules}
+            memberships = await store.take_rule_memberships(conn, merged)
+            moves = [segments.Move(merged, segment, False) for segment, _ in memberships]
+            moves += [
+                segments.Move(c.profile_id, c.previous, False)
+                for c in await store.drop_scores(conn, [merged])
+                if c.previous is not None
+            ]
+            moves += await segments.apply_rule_hits(
+                conn,
+                [(rules[s], survivor, last) for s, last in memberships if s in rules],
+                now,
+            )
+            records = segment_records(moves, topic=topic, source=source, at=now)
             accounts = await store.load_accounts(conn, [merged, survivor])
             if merged not in accounts:
-                return []
+                return records
             ledger = Ledger(program, accounts, {})
             ledger.merge(merged, survivor, item.id, now)
             await store.repoint(conn, merged, survivor)
             await store.save(conn, ledger)
-            return loyalty_records(ledger.outcomes, topic=topic, source=source)
+            rescored = await segments.rescore(conn, program, {survivor}, now)
+            return [
+                *records,
+                *loyalty_records(ledger.outcomes, topic=topic, source=source),
+                *segment_records(rescored, topic=topic, source=source, at=now),
+            ]
 
         return apply
 

@@ -16,13 +16,28 @@ from typing import Annotated, Literal
 import yaml
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from crm_shared.contracts import touchpoint_types
+from crm_shared.contracts import TOUCHPOINT_CLASSES, touchpoint_types
 from crm_shared.contracts.touchpoints import Channel, CurrencyCode, ProgramName
 
 EXAMPLE_PROGRAM = Path(__file__).with_name("example_program.yaml")
 
 ACTIONS = frozenset(name.rsplit(".", 1)[1] for name in touchpoint_types())
+ACTION_FIELDS: dict[str, frozenset[str]] = {
+    literal.rsplit(".", 1)[1]: frozenset(cls.model_fields["data"].annotation.model_fields)  # type: ignore[union-attr]
+    for cls in TOUCHPOINT_CLASSES
+    for literal in cls.model_fields["type"].annotation.__args__  # type: ignore[union-attr]
+}
 PURCHASE_ACTIONS = frozenset({"order_completed", "purchase"})
+RFM_SEGMENTS = (
+    "champions",
+    "loyal",
+    "potential-loyalist",
+    "new",
+    "at-risk",
+    "cannot-lose",
+    "hibernating",
+    "lost",
+)
 
 Name = Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9_-]{0,63}$")]
 Rate = Annotated[Decimal, Field(gt=0, max_digits=12, decimal_places=4)]
@@ -125,6 +140,51 @@ class Reward(Strict):
         )
 
 
+class Rfm(Strict):
+    window_months: Annotated[int, Field(ge=1, le=120)] = Field(
+        default=24, description="frequency and monetary count the orders of this many months"
+    )
+    recompute_every_hours: Annotated[int, Field(ge=1, le=24 * 31)] = Field(
+        default=24, description="how often the quintiles are recomputed over everyone"
+    )
+
+
+class RuleSegment(Strict):
+    """Everyone with a matching touchpoint in the last `within_days` days."""
+
+    name: Name
+    description: str = ""
+    action: str = Field(description="the touchpoint action, e.g. `call_completed`")
+    where: dict[str, str | int | bool] = Field(
+        default_factory=dict,
+        description="fields of the touchpoint's data that must have these values",
+    )
+    within_days: Annotated[int, Field(ge=1, le=3650)]
+
+    @model_validator(mode="after")
+    def _known_action_and_fields(self) -> RuleSegment:
+        fields = ACTION_FIELDS.get(self.action)
+        if fields is None:
+            raise ValueError(
+                f"action {self.action!r} is not a touchpoint action; one of {sorted(ACTIONS)}"
+            )
+        unknown = sorted(set(self.where) - fields)
+        if unknown:
+            raise ValueError(
+                f"`where` names {', '.join(unknown)}, not fields of {self.action}; "
+                f"it has {', '.join(sorted(fields))}"
+            )
+        return self
+
+    def matches(self, data: object) -> bool:
+        return all(getattr(data, key, None) == value for key, value in self.where.items())
+
+
+class Segments(Strict):
+    rfm: Rfm = Field(default_factory=Rfm)
+    rules: list[RuleSegment] = Field(default_factory=list)
+
+
 class Program(Strict):
     """A loyalty program (the YAML file's top level)."""
 
@@ -137,6 +197,7 @@ class Program(Strict):
     tiers: Tiers
     expiry: Expiry | None = Field(default=None, description="none: points never expire")
     rewards: list[Reward] = Field(default_factory=list)
+    segments: Segments = Field(default_factory=Segments)
 
     def tier(self, name: str) -> Tier:
         for level in self.tiers.levels:
@@ -195,6 +256,10 @@ def inconsistencies(program: Program) -> list[tuple[Loc, str]]:
         found.append((("earn", "bonuses", i, "name"), f"bonus {bonuses[i].name!r} twice"))
     for i in _twice([r.id for r in program.rewards]):
         found.append((("rewards", i, "id"), f"reward {program.rewards[i].id!r} twice"))
+    rules = program.segments.rules
+    for i, rule in enumerate(rules):
+        if rule.name in RFM_SEGMENTS or rule.name in [r.name for r in rules[:i]]:
+            found.append((("segments", "rules", i, "name"), f"segment {rule.name!r} is taken"))
     return found
 
 

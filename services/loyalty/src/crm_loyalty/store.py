@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Collection, Iterable
+from collections.abc import AsyncIterator, Collection, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
@@ -32,27 +32,28 @@ async def try_lock_accounts(conn: DbConnection, profile_ids: Iterable[str]) -> s
     return {key.removeprefix("account:") for key in got}
 
 
+ORDER_COLUMNS = (
+    "order_id",
+    "profile_id",
+    "order_event_id",
+    "ordered_at",
+    "revenue",
+    "earned_points",
+    "earned_qualifying",
+    "refunded",
+    "refunded_all",
+    "reversed_points",
+    "reversed_qualifying",
+    "last_refund_event_id",
+    "currency",
+)
+
+
 async def load_orders(conn: DbConnection, order_ids: Iterable[str]) -> dict[str, Order]:
     rows = await conn.fetch(
         "SELECT * FROM orders WHERE order_id = ANY($1::text[])", sorted(set(order_ids))
     )
-    return {
-        r["order_id"]: Order(
-            r["order_id"],
-            r["profile_id"],
-            r["order_event_id"],
-            r["ordered_at"],
-            r["revenue"],
-            r["earned_points"],
-            r["earned_qualifying"],
-            r["refunded"],
-            r["refunded_all"],
-            r["reversed_points"],
-            r["reversed_qualifying"],
-            r["last_refund_event_id"],
-        )
-        for r in rows
-    }
+    return {r["order_id"]: Order(**{k: r[k] for k in ORDER_COLUMNS}) for r in rows}
 
 
 async def load_accounts(conn: DbConnection, profile_ids: Iterable[str]) -> dict[str, Account]:
@@ -167,17 +168,18 @@ async def save(conn: DbConnection, ledger: Ledger) -> None:
         await conn.execute(
             "INSERT INTO orders (order_id, profile_id, order_event_id, ordered_at, revenue, "
             "earned_points, earned_qualifying, refunded, refunded_all, reversed_points, "
-            "reversed_qualifying, last_refund_event_id) "
+            "reversed_qualifying, last_refund_event_id, currency) "
             "SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::timestamptz[], "
             "$5::numeric[], $6::bigint[], $7::numeric[], $8::numeric[], $9::boolean[], "
-            "$10::bigint[], $11::numeric[], $12::text[]) "
+            "$10::bigint[], $11::numeric[], $12::text[], $13::text[]) "
             "ON CONFLICT (order_id) DO UPDATE SET profile_id = EXCLUDED.profile_id, "
             "order_event_id = EXCLUDED.order_event_id, ordered_at = EXCLUDED.ordered_at, "
             "revenue = EXCLUDED.revenue, earned_points = EXCLUDED.earned_points, "
             "earned_qualifying = EXCLUDED.earned_qualifying, refunded = EXCLUDED.refunded, "
             "refunded_all = EXCLUDED.refunded_all, reversed_points = EXCLUDED.reversed_points, "
             "reversed_qualifying = EXCLUDED.reversed_qualifying, "
-            "last_refund_event_id = EXCLUDED.last_refund_event_id, updated_at = now()",
+            "last_refund_event_id = EXCLUDED.last_refund_event_id, currency = EXCLUDED.currency, "
+            "updated_at = now()",
             [o.order_id for o in orders],
             [o.profile_id for o in orders],
             [o.order_event_id for o in orders],
@@ -190,6 +192,7 @@ async def save(conn: DbConnection, ledger: Ledger) -> None:
             [o.reversed_points for o in orders],
             [o.reversed_qualifying for o in orders],
             [o.last_refund_event_id for o in orders],
+            [o.currency for o in orders],
         )
     months = sorted(ledger.changed_months)
     if months:
@@ -486,7 +489,7 @@ async def repoint(conn: DbConnection, merged: str, survivor: str) -> None:
 
 
 async def erase_account(conn: DbConnection, profile_id: str) -> bool:
-    """Delete everything held about the account; whether there was one."""
+    """Delete everything held about the profile; whether there was anything."""
     existed = await conn.fetchval(
         "DELETE FROM accounts WHERE profile_id = $1 RETURNING true", profile_id
     )
@@ -496,13 +499,249 @@ async def erase_account(conn: DbConnection, profile_id: str) -> bool:
         profile_id,
     )
     for table in ("lots", "debts", "ledger", "orders", "qualifying_months", "redemptions"):
-        await conn.execute(
-            f"DELETE FROM {table} WHERE profile_id = $1",
+        await conn.execute(f"DELETE FROM {table} WHERE profile_id = $1", profile_id)
+    for table in ("rfm_scores", "rule_segment_members"):
+        deleted = await conn.fetchval(
+            f"WITH d AS (DELETE FROM {table} WHERE profile_id = $1 RETURNING 1) "
+            "SELECT count(*) FROM d",
             profile_id,
         )
+        existed = existed or bool(deleted)
     await conn.execute(
         "DELETE FROM account_merges WHERE merged_profile_id = $1 OR survivor = $1", profile_id
     )
     for kind in TIMER_KINDS:
         await schedule(conn, kind, [(profile_id, None)])
     return bool(existed)
+
+
+# --- value segments -----------------------------------------------------------------------------
+_RFM_LOCK = "rfm"
+
+# What an account's RFM scores are made of, from its orders: the epoch seconds of its last
+# order, its orders in the window, and their net spend in the program's currency.
+_FACTS = """
+    SELECT profile_id,
+           extract(epoch FROM max(ordered_at))::float8 AS r,
+           (count(*) FILTER (WHERE ordered_at >= {window}))::float8 AS f,
+           coalesce(sum(CASE WHEN refunded_all THEN 0 ELSE greatest(revenue - refunded, 0) END)
+                    FILTER (WHERE ordered_at >= {window} AND currency = {currency}), 0)::float8
+               AS m
+    FROM orders WHERE revenue IS NOT NULL {only} GROUP BY profile_id
+"""
+
+# Scores against the stored cut points: one more than the cuts strictly below the value
+# (domain.segments.score). With the cuts negated and ascending, width_bucket counts the cuts at
+# or above the value; 5 less that is the score. $1 is the segment grid, row by row.
+_SCORED = """
+    WITH facts AS ({facts}),
+    cuts AS (
+        SELECT ARRAY(SELECT -c FROM unnest(recency) AS c ORDER BY 1) AS r,
+               ARRAY(SELECT -c FROM unnest(frequency) AS c ORDER BY 1) AS f,
+               ARRAY(SELECT -c FROM unnest(monetary) AS c ORDER BY 1) AS m
+        FROM rfm_cuts
+    ), scored AS (
+        SELECT facts.profile_id,
+               5 - width_bucket(-facts.r, cuts.r) AS rs,
+               5 - width_bucket(-facts.f, cuts.f) AS fs,
+               5 - width_bucket(-facts.m, cuts.m) AS ms
+        FROM facts CROSS JOIN cuts
+    )
+    SELECT s.profile_id, s.rs, s.fs, s.ms, ($1::text[])[(5 - s.rs) * 5 + s.fs] AS segment,
+           old.segment AS previous
+    FROM scored s LEFT JOIN rfm_scores old USING (profile_id)
+"""
+
+
+@dataclass(frozen=True)
+class SegmentMove:
+    profile_id: str
+    segment: str | None
+    previous: str | None
+
+
+async def _score(
+    conn: DbConnection, facts: str, params: Sequence[object], grid: Sequence[str], at: datetime
+) -> None:
+    """Score the accounts `facts` selects into the scratch table `rfm_new` (dropped at
+    commit) and store the scores."""
+    await conn.execute("DROP TABLE IF EXISTS rfm_new")
+    await conn.execute(
+        f"CREATE TEMP TABLE rfm_new ON COMMIT DROP AS {_SCORED.format(facts=facts)}",
+        list(grid),
+        *params,
+    )
+    await conn.execute(
+        "INSERT INTO rfm_scores (profile_id, recency, frequency, monetary, segment, scored_at) "
+        "SELECT profile_id, rs, fs, ms, segment, $1 FROM rfm_new "
+        "ON CONFLICT (profile_id) DO UPDATE SET recency = EXCLUDED.recency, "
+        "frequency = EXCLUDED.frequency, monetary = EXCLUDED.monetary, "
+        "segment = EXCLUDED.segment, scored_at = EXCLUDED.scored_at",
+        at,
+    )
+
+
+async def rfm_recompute(
+    conn: DbConnection, *, window_start: datetime, currency: str, grid: Sequence[str], at: datetime
+) -> int:
+    """New cut points over everyone with an order, then every score; returns how many
+    customers were scored (the changes are in `rfm_new`, see `segment_moves`)."""
+    await lock_keys(conn, [_RFM_LOCK])
+    facts = _FACTS.format(window="$1", currency="$2", only="")
+    await conn.execute(
+        f"CREATE TEMP TABLE rfm_facts ON COMMIT DROP AS {facts}", window_start, currency
+    )
+    customers: int = await conn.fetchval("SELECT count(*) FROM rfm_facts")
+    if customers == 0:
+        return 0
+    quintiles = "ARRAY[0.2, 0.4, 0.6, 0.8]"
+    await conn.execute(
+        "INSERT INTO rfm_cuts (recency, frequency, monetary, computed_at, customers) "
+        f"SELECT percentile_cont({quintiles}) WITHIN GROUP (ORDER BY r), "
+        f"percentile_cont({quintiles}) WITHIN GROUP (ORDER BY f), "
+        f"percentile_cont({quintiles}) WITHIN GROUP (ORDER BY m), $1, $2 FROM rfm_facts "
+        "ON CONFLICT (id) DO UPDATE SET recency = EXCLUDED.recency, "
+        "frequency = EXCLUDED.frequency, monetary = EXCLUDED.monetary, "
+        "computed_at = EXCLUDED.computed_at, customers = EXCLUDED.customers",
+        at,
+        customers,
+    )
+    await _score(conn, "SELECT * FROM rfm_facts", (), grid, at)
+    return customers
+
+
+async def rfm_rescore(
+    conn: DbConnection,
+    profile_ids: Collection[str],
+    *,
+    window_start: datetime,
+    currency: str,
+    grid: Sequence[str],
+    at: datetime,
+) -> bool:
+    """Score `profile_ids` against the stored cut points (changes in `rfm_new`); False, doing
+    nothing, before the first full recompute or while one runs (that one scores them)."""
+    free = await conn.fetchval(
+        "SELECT pg_try_advisory_xact_lock_shared(hashtextextended($1, 0))", _RFM_LOCK
+    )
+    if not free or not await conn.fetchval("SELECT count(*) FROM rfm_cuts"):
+        return False
+    facts = _FACTS.format(window="$2", currency="$3", only="AND profile_id = ANY($4::text[])")
+    await _score(conn, facts, (window_start, currency, sorted(profile_ids)), grid, at)
+    return True
+
+
+async def segment_moves(
+    conn: DbConnection, chunk: int = 10_000
+) -> AsyncIterator[list[SegmentMove]]:
+    """The segment changes of the last scoring (`rfm_new`), a chunk at a time (by id, so no
+    cursor stays open on the scratch table)."""
+    after = ""
+    while rows := await conn.fetch(
+        "SELECT profile_id, segment, previous FROM rfm_new "
+        "WHERE segment IS DISTINCT FROM previous AND profile_id > $1 ORDER BY profile_id LIMIT $2",
+        after,
+        chunk,
+    ):
+        yield [SegmentMove(r["profile_id"], r["segment"], r["previous"]) for r in rows]
+        after = rows[-1]["profile_id"]
+
+
+async def drop_scores(conn: DbConnection, profile_ids: Collection[str]) -> list[SegmentMove]:
+    """Forget the RFM scores of accounts that are gone (merged away, erased)."""
+    rows = await conn.fetch(
+        "DELETE FROM rfm_scores WHERE profile_id = ANY($1::text[]) RETURNING profile_id, segment",
+        sorted(profile_ids),
+    )
+    return [SegmentMove(r["profile_id"], None, r["segment"]) for r in rows]
+
+
+# Rule segments: a member's last matching touchpoint, and since when it is a member.
+async def rule_members(
+    conn: DbConnection, keys: Collection[tuple[str, str]]
+) -> dict[tuple[str, str], tuple[datetime, datetime]]:
+    rows = await conn.fetch(
+        "SELECT m.segment, m.profile_id, m.last_at, m.since FROM rule_segment_members m "
+        "JOIN unnest($1::text[], $2::text[]) AS k(segment, profile_id) "
+        "USING (segment, profile_id)",
+        [segment for segment, _ in keys],
+        [profile for _, profile in keys],
+    )
+    return {(r["segment"], r["profile_id"]): (r["last_at"], r["since"]) for r in rows}
+
+
+async def save_rule_members(
+    conn: DbConnection, members: dict[tuple[str, str], tuple[datetime, datetime]]
+) -> None:
+    keys = sorted(members)
+    await conn.execute(
+        "INSERT INTO rule_segment_members (segment, profile_id, last_at, since) "
+        "SELECT * FROM unnest($1::text[], $2::text[], $3::timestamptz[], $4::timestamptz[]) "
+        "ON CONFLICT (segment, profile_id) DO UPDATE SET last_at = EXCLUDED.last_at, "
+        "since = EXCLUDED.since",
+        [s for s, _ in keys],
+        [p for _, p in keys],
+        [members[k][0] for k in keys],
+        [members[k][1] for k in keys],
+    )
+
+
+async def take_rule_memberships(conn: DbConnection, profile_id: str) -> list[tuple[str, datetime]]:
+    """Remove a profile's rule segment memberships; returns (segment, last touchpoint) each."""
+    rows = await conn.fetch(
+        "DELETE FROM rule_segment_members WHERE profile_id = $1 RETURNING segment, last_at",
+        profile_id,
+    )
+    return sorted((r["segment"], r["last_at"]) for r in rows)
+
+
+async def drop_rule_member(conn: DbConnection, segment: str, profile_id: str) -> None:
+    await conn.execute(
+        "DELETE FROM rule_segment_members WHERE segment = $1 AND profile_id = $2",
+        segment,
+        profile_id,
+    )
+
+
+async def rfm_of(conn: DbConnection | asyncpg.Pool, profile_id: str) -> asyncpg.Record | None:
+    row: asyncpg.Record | None = await conn.fetchrow(
+        "SELECT recency, frequency, monetary, segment, scored_at FROM rfm_scores "
+        "WHERE profile_id = $1",
+        profile_id,
+    )
+    return row
+
+
+async def rule_memberships_of(
+    conn: DbConnection | asyncpg.Pool, profile_id: str
+) -> list[asyncpg.Record]:
+    return list(
+        await conn.fetch(
+            "SELECT segment, last_at, since FROM rule_segment_members WHERE profile_id = $1 "
+            "ORDER BY segment",
+            profile_id,
+        )
+    )
+
+
+async def segment_sizes(conn: DbConnection | asyncpg.Pool) -> dict[str, int]:
+    rows = await conn.fetch(
+        "SELECT segment, count(*) AS n FROM rfm_scores GROUP BY segment UNION ALL "
+        "SELECT segment, count(*) FROM rule_segment_members GROUP BY segment"
+    )
+    return {r["segment"]: r["n"] for r in rows}
+
+
+async def segment_members(
+    conn: DbConnection | asyncpg.Pool, segment: str, rule: bool, after: str | None, limit: int
+) -> list[str]:
+    """Profile ids of a segment's members in id order, a page after `after`."""
+    table = "rule_segment_members" if rule else "rfm_scores"
+    rows = await conn.fetch(
+        f"SELECT profile_id FROM {table} WHERE segment = $1 "
+        "AND ($2::text IS NULL OR profile_id > $2) ORDER BY profile_id LIMIT $3",
+        segment,
+        after,
+        limit,
+    )
+    return [r["profile_id"] for r in rows]

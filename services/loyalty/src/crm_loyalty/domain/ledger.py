@@ -105,6 +105,7 @@ class Order:
     reversed_points: int = 0
     reversed_qualifying: Decimal = Decimal(0)
     last_refund_event_id: str | None = None
+    currency: str | None = None
 
 
 @dataclass(frozen=True)
@@ -247,6 +248,7 @@ class Ledger:
         else:
             qualifying = data.revenue if data.currency == program.currency else Decimal(0)
         order.order_event_id, order.ordered_at, order.revenue = event.id, event.time, data.revenue
+        order.currency = data.currency
         order.earned_points, order.earned_qualifying = points, qualifying
         self.changed_orders.add(order.order_id)
         rule = f"purchase:{data.channel}"
