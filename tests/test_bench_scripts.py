@@ -12,7 +12,9 @@ from tests.support import ROOT
 
 
 @pytest.mark.parametrize(
-    "script", ["bench/run.py", "bench/ingest", "bench/ingest/load.py"], ids=lambda s: s
+    "script",
+    ["bench/run.py", "bench/ingest", "bench/ingest/load.py", "bench/profile", "bench/loyalty"],
+    ids=lambda s: s,
 )
 def test_a_benchmark_script_starts(script: str) -> None:
     done = subprocess.run(

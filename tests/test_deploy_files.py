@@ -30,6 +30,7 @@ from urllib.parse import urlsplit
 import jsonschema
 from ruamel.yaml import YAML
 
+from crm_loyalty.program import parse_program
 from crm_shared.installed import installed_services
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -534,7 +535,7 @@ def test_every_service_has_a_hardened_deployment_and_a_service() -> None:
 
 
 def test_configmap_holds_strings_and_the_production_settings() -> None:
-    (config,) = resources_of_kind("ConfigMap")
+    (config,) = [c for c in resources_of_kind("ConfigMap") if c["metadata"]["name"] == "crm-config"]
     data: dict[str, Any] = config["data"]
     not_strings = sorted(key for key, value in data.items() if not isinstance(value, str))
     assert not not_strings, f"ConfigMap values must be quoted strings: {not_strings}"
@@ -568,3 +569,20 @@ def test_the_secret_template_has_every_key_the_manifests_read() -> None:
                     assert reference["name"] == secrets[0]["metadata"]["name"]
                     read.add(reference["key"])
     assert read <= template_keys, f"keys missing from the Secret template: {read - template_keys}"
+
+
+def test_loyalty_runs_the_mounted_program_and_it_is_valid() -> None:
+    (program,) = [
+        c for c in resources_of_kind("ConfigMap") if c["metadata"]["name"] == "crm-loyalty-program"
+    ]
+    parsed = parse_program(program["data"]["program.yaml"], "loyalty-program.yaml")
+    assert parsed.tiers.levels[0].threshold == 0
+    (deployment,) = [
+        d for d in resources_of_kind("Deployment") if d["metadata"]["name"] == "loyalty"
+    ]
+    (container,) = containers(deployment)
+    env = {e["name"]: e.get("value") for e in container["env"]}
+    mounts = {m["name"]: m["mountPath"] for m in container["volumeMounts"]}
+    volumes = {v["name"]: v for v in deployment["spec"]["template"]["spec"]["volumes"]}
+    assert env["CRM_PROGRAM_FILE"] == f"{mounts['program']}/program.yaml"
+    assert volumes["program"]["configMap"]["name"] == "crm-loyalty-program"

@@ -28,13 +28,11 @@ import asyncio
 import base64
 import contextlib
 import json
-import os
 import random
 import shutil
 import sys
 import tempfile
 import time
-import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -48,49 +46,36 @@ sys.path[:0] = [str(Path(__file__).resolve().parents[1]), str(Path(__file__).res
 import asyncpg  # noqa: E402
 import httpx  # noqa: E402
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition  # noqa: E402
-from aiokafka.admin import AIOKafkaAdminClient  # noqa: E402
 from people import Person, population, touchpoints  # noqa: E402
-from tests.support import (  # noqa: E402
-    Endpoints,
-    ServiceProcess,
-    free_port,
-    service_env,
-    wait_until,
-)
+from tests.support import wait_until  # noqa: E402
 
 from common import (  # noqa: E402
     BenchFailure,
     CpuGroups,
     as_records,
     broker_name,
-    children_of,
     cpu_count,
-    create_database,
     describe,
-    drop_databases,
     endpoints_from_environment,
-    fixed,
     git_revision,
     host_facts,
-    local_broker_pid,
     machine_busy_seconds,
     percentile,
     postgres_facts,
     write_section,
 )
 from crm_shared.contracts import PROFILES, TOUCHPOINTS, TOUCHPOINTS_RESOLVED  # noqa: E402
-from crm_shared.kafka import create_topics, publish_each  # noqa: E402
+from crm_shared.kafka import create_topics  # noqa: E402
+from services import PARTITIONS, ServiceRun, drained, publish  # noqa: E402
 
 COMMAND = ".venv/bin/python bench/profile"
 RESULTS_NAME = "bench/RESULTS.md"
-PARTITIONS = 12  # the production default (CRM_TOPIC_PARTITIONS)
 AUTHORIZATION = "Basic " + base64.b64encode(b"dev-write-key:").decode()
 # The aims the issue sets, on the 2-CPU machine these runs are made on.
 AIM_EVENTS_PER_S = 10_000
 AIM_P99_MS = 250.0
 LATENCY_BATCH = 10
 LATENCY_WINDOW_S = 5.0
-UNLIMITED = {"CRM_RATE_LIMIT_EVENTS_PER_S": "100000000", "CRM_RATE_LIMIT_BURST": "100000000"}
 
 
 @dataclass
@@ -125,100 +110,15 @@ class Latency:
 
 
 @dataclass
-class Run:
-    endpoints: Endpoints
-    args: argparse.Namespace
-    work: Path
-    prefix: str = field(default_factory=lambda: f"bench-profile-{uuid.uuid4().hex[:8]}-")
-    databases: list[str] = field(default_factory=list)
-    processes: list[ServiceProcess] = field(default_factory=list)
+class Run(ServiceRun):
+    name: str = "profile"
     throughput: list[Throughput] = field(default_factory=list)
     latency: Latency | None = None
     hop: Hop | None = None
     machine: dict[str, str] = field(default_factory=dict)
-    postmaster: int | None = None
-
-    async def fresh(self, label: str) -> tuple[str, str]:
-        """New topics and a new database for one measurement: (topic prefix, database URL)."""
-        prefix = f"{self.prefix}{label}."
-        await create_topics(self.endpoints.bootstrap, prefix=prefix, partitions=PARTITIONS)
-        name, url = await create_database(self.endpoints.database_server, "profile")
-        self.databases.append(name)
-        return prefix, url
-
-    def env(self, prefix: str, url: str | None = None) -> dict[str, str]:
-        env = {**service_env(self.endpoints, prefix, url), **UNLIMITED}
-        # The tests shorten these for speed; the figures describe the shipped defaults.
-        env.pop("CRM_OUTBOX_POLL_INTERVAL_S", None)
-        env.pop("CRM_CONSUMER_RETRY_BACKOFF_S", None)
-        return env
-
-    def start(self, module: str, env: dict[str, str], label: str) -> ServiceProcess:
-        process = ServiceProcess(module, env, free_port(), self.work / f"{label}.log")
-        process.start()
-        self.processes.append(process)
-        return process
-
-    def stop(self) -> None:
-        for process in self.processes:
-            process.stop()
-        self.processes = []
-
-    def cpu_groups(self, services: dict[str, list[ServiceProcess]]) -> CpuGroups:
-        groups = CpuGroups()
-        for name, processes in services.items():
-            groups.groups[name] = fixed([p.process.pid for p in processes if p.process])
-        if self.postmaster is not None:
-            root = self.postmaster
-            groups.groups["postgres"] = lambda: [root, *children_of(root)]
-        broker = local_broker_pid()
-        if broker is not None:
-            groups.groups["broker"] = fixed([broker])
-        groups.groups["bench"] = fixed([os.getpid()])
-        return groups
 
 
 # --- throughput ----------------------------------------------------------------------------------
-async def progress(conn: asyncpg.Connection, profiles: list[ServiceProcess]) -> tuple[int, int]:
-    """Touchpoints the processes handled (their own counters: counting the claims in the
-    database would read the whole table on every poll) and outbox rows not yet published."""
-    handled = 0.0
-    for process in profiles:
-        for outcome in ("processed", "duplicate"):
-            handled += await process.metric("crm_consumer_records_total", outcome=outcome)
-    queued = await conn.fetchval("SELECT count(*) FROM (SELECT 1 FROM outbox LIMIT 1) AS o")
-    return int(handled), int(queued)
-
-
-async def drained(
-    conn: asyncpg.Connection, profiles: list[ServiceProcess], expected: int, timeout: float
-) -> None:
-    """Poll until `expected` touchpoints are handled and the outbox is empty."""
-
-    async def done() -> bool:
-        handled, queued = await progress(conn, profiles)
-        return handled >= expected and queued == 0
-
-    try:
-        await wait_until(done, timeout=timeout, interval=0.1, what="the touchpoints")
-    except AssertionError as exc:
-        handled, queued = await progress(conn, profiles)
-        raise BenchFailure(
-            f"{handled} of {expected} touchpoints handled, outbox rows left: {queued > 0}"
-        ) from exc
-
-
-async def publish(bootstrap: str, records: Any) -> None:
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=5)
-    await producer.start()
-    try:
-        acknowledged = await publish_each(producer, records, timeout=120)
-    finally:
-        await producer.stop()
-    if not all(acknowledged):
-        raise BenchFailure(f"{acknowledged.count(False)} touchpoints not acknowledged")
-
-
 async def measure_throughput(run: Run, instances: int, people: list[Person]) -> Throughput:
     args = run.args
     rng = random.Random(args.seed + instances)
@@ -257,7 +157,7 @@ async def measure_throughput(run: Run, instances: int, people: list[Person]) -> 
             await conn.close()
     finally:
         run.stop()
-        await tidy(run)
+        await run.tidy()
     result = Throughput(instances, len(measured), wall, merges, conflicts, live, cpu)
     print(
         f"bench:   {result.rate:,.0f} touchpoints/s ({result.events:,} in {wall:.1f} s), "
@@ -401,7 +301,7 @@ async def measure_latency(run: Run, people: list[Person]) -> Latency:
     finally:
         stop.set()
         run.stop()
-        await tidy(run)
+        await run.tidy()
     found = latencies(acknowledged, watched, counted)
     accepted = len(counted & acknowledged.keys())
     if len(found) < accepted:
@@ -533,27 +433,6 @@ async def bench(run: Run) -> None:
     if args.latency_s > 0:
         run.latency = await measure_latency(run, people)
         run.hop = await measure_broker_hop(run)
-
-
-async def cleanup(run: Run) -> None:
-    admin = AIOKafkaAdminClient(bootstrap_servers=run.endpoints.bootstrap)
-    await admin.start()
-    try:
-        ours = [t for t in await admin.list_topics() if t.startswith(run.prefix)]
-        if ours:
-            await admin.delete_topics(ours)
-    finally:
-        await admin.close()
-    await drop_databases(run.endpoints.database_server, run.databases)
-    run.databases.clear()
-
-
-async def tidy(run: Run) -> None:
-    """Delete a finished measurement's topics and database (unless --keep), so the next one
-    shares the machine with neither: the broker holds topics in memory, and PostgreSQL would
-    vacuum and analyse the finished database during the next measurement."""
-    if not run.args.keep:
-        await cleanup(run)
 
 
 # --- the report ----------------------------------------------------------------------------------
@@ -705,7 +584,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             run.stop()
             if not args.keep:
                 try:
-                    asyncio.run(cleanup(run))
+                    asyncio.run(run.cleanup())
                 except Exception as exc:  # reported; the run's outcome stands
                     print(f"bench: could not clean up: {describe(exc)}", file=sys.stderr)
     if not args.keep:

@@ -417,3 +417,10 @@ def assert_books_balance_except(ledger: Ledger, gone: set[str]) -> None:
     for account in ledger.accounts.values():
         assert account.profile_id not in gone
         assert open_points(account.lots, account.debts) == account.balance
+
+
+def test_a_warning_that_comes_after_the_expiry_announces_nothing() -> None:
+    ledger = run([order("e-1", "100", "o-1")])
+    ledger.warn("p-1", datetime(2028, 3, 2, tzinfo=UTC))  # the points expired on 1 March
+    assert not [o for o in ledger.outcomes if isinstance(o, ExpiryWarned)]
+    assert ledger.accounts["p-1"].due(PROGRAM)["expiry_warning"] is None

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
+
 from hypothesis import given
 from hypothesis import strategies as st
 
 from crm_loyalty.domain.segments import GRID, score, segment_of
 from crm_loyalty.program import RFM_SEGMENTS
+from crm_loyalty.segments import Move, segment_event, segment_records
+from crm_shared.contracts import LOYALTY_ADAPTER
 
 
 def test_a_value_scores_one_more_than_the_cuts_strictly_below_it() -> None:
@@ -44,3 +48,18 @@ def test_the_flat_grid_is_indexed_as_the_sql_indexes_it() -> None:
     for recency in range(1, 6):
         for frequency in range(1, 6):
             assert GRID[(5 - recency) * 5 + frequency - 1] == segment_of(recency, frequency)
+
+
+def test_segment_events_made_in_bulk_are_what_the_contract_makes_byte_for_byte() -> None:
+    at = datetime(2026, 11, 24, 12, 30, 5, 123456, tzinfo=UTC)
+    moves = [
+        Move("p-1", "lost", True),
+        Move("p-2", "champions", True, "loyal"),
+        Move("p-3", "recent-inbound-callers", False),
+    ]
+    records = segment_records(moves, topic="t", source="crm-loyalty", at=at)
+    for move, record in zip(moves, records, strict=True):
+        made = segment_event(move, source="crm-loyalty", at=at)
+        assert record.value == made.model_dump_json(exclude_none=True).encode()
+        assert record.key == move.profile_id.encode()
+        assert LOYALTY_ADAPTER.validate_json(record.value) == made

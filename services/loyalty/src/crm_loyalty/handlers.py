@@ -68,9 +68,8 @@ def _counts(program: Program) -> frozenset[str]:
 def segment_records(
     moves: Sequence[segments.Move], *, topic: str, source: str, at: datetime
 ) -> list[OutgoingRecord]:
-    events = [segments.segment_event(move, source=source, at=at) for move in moves]
-    after_commit(lambda: EVENTS.labels("segment_changed").inc(len(events)))
-    return [event_record(topic, event.subject, event) for event in events]
+    after_commit(lambda: EVENTS.labels("segment_changed").inc(len(moves)))
+    return segments.segment_records(moves, topic=topic, source=source, at=at)
 
 
 def loyalty_event(outcome: Outcome, *, source: str) -> CloudEvent[Any]:

@@ -246,7 +246,8 @@ def inconsistencies(program: Program) -> list[tuple[Loc, str]]:
             found.append(
                 (
                     ("tiers", "levels", i, "threshold"),
-                    f"must be above {levels[i - 1].name!r}'s {levels[i - 1].threshold}",
+                    f"must be above the threshold of {levels[i - 1].name!r} "
+                    f"({levels[i - 1].threshold})",
                 )
             )
     for i in _twice([t.name for t in levels]):

@@ -8,6 +8,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
+import orjson
 from dateutil.relativedelta import relativedelta
 
 from crm_loyalty import store
@@ -16,6 +17,7 @@ from crm_loyalty.program import Program, RuleSegment
 from crm_shared.contracts import derived_event_id
 from crm_shared.contracts.derived import SegmentChanged, SegmentChangedData
 from crm_shared.database import DbConnection
+from crm_shared.kafka import CLOUDEVENTS_CONTENT_TYPE, OutgoingRecord
 from crm_shared.timers import Timer, schedule
 
 RFM_RECOMPUTE = "rfm_recompute"
@@ -38,9 +40,7 @@ Emit = Callable[[Sequence["Move"]], Awaitable[None]]
 def segment_event(move: Move, *, source: str, at: datetime) -> SegmentChanged:
     return SegmentChanged(
         specversion="1.0",
-        id=derived_event_id(
-            "loyalty-segment", move.profile_id, move.segment, str(move.entered), at.isoformat()
-        ),
+        id=_segment_event_id(move, at),
         source=source,
         type="crm.loyalty.segment_changed",
         time=at,
@@ -51,6 +51,43 @@ def segment_event(move: Move, *, source: str, at: datetime) -> SegmentChanged:
             entered=move.entered,
             previous_segment=move.previous,
         ),
+    )
+
+
+def segment_records(
+    moves: Sequence[Move], *, topic: str, source: str, at: datetime
+) -> list[OutgoingRecord]:
+    """The moves' `segment_changed` events as outbox records. A full recompute can move a
+    million customers: the contract builds the first event's envelope, and the others are that
+    envelope with their own id, subject and data, serialised straight to JSON (a test holds
+    them equal to what the contract would make, byte for byte)."""
+    if not moves:
+        return []
+    envelope = segment_event(moves[0], source=source, at=at).model_dump(
+        mode="json", exclude_none=True
+    )
+    headers = {"content-type": CLOUDEVENTS_CONTENT_TYPE}
+    records = []
+    for move in moves:
+        data: dict[str, object] = {
+            "profile_id": move.profile_id,
+            "segment": move.segment,
+            "entered": move.entered,
+        }
+        if move.previous is not None:
+            data["previous_segment"] = move.previous
+        envelope["id"] = _segment_event_id(move, at)
+        envelope["subject"] = move.profile_id
+        envelope["data"] = data
+        records.append(
+            OutgoingRecord(topic, move.profile_id.encode(), orjson.dumps(envelope), headers)
+        )
+    return records
+
+
+def _segment_event_id(move: Move, at: datetime) -> str:
+    return derived_event_id(
+        "loyalty-segment", move.profile_id, move.segment, str(move.entered), at.isoformat()
     )
 
 
@@ -87,13 +124,10 @@ async def rescore(
         grid=GRID,
         at=now,
     )
-    if not scored:
+    if scored is None:
         await schedule(conn, RFM_RESCORE, [(p, now) for p in profile_ids])
         return []
-    moves: list[Move] = []
-    async for chunk in store.segment_moves(conn):
-        moves.extend(_rfm_moves(chunk))
-    return moves
+    return _rfm_moves(scored)
 
 
 async def fire_rescores(
@@ -111,13 +145,10 @@ async def fire_rescores(
         grid=GRID,
         at=now,
     )
-    if not scored:
+    if scored is None:
         return [], False
     await schedule(conn, RFM_RESCORE, [(p, None) for p in profile_ids])
-    moves: list[Move] = []
-    async for chunk in store.segment_moves(conn):
-        moves.extend(_rfm_moves(chunk))
-    return moves, True
+    return _rfm_moves(scored), True
 
 
 async def recompute(conn: DbConnection, program: Program, now: datetime, emit: Emit) -> int:

@@ -618,17 +618,35 @@ async def rfm_rescore(
     currency: str,
     grid: Sequence[str],
     at: datetime,
-) -> bool:
-    """Score `profile_ids` against the stored cut points (changes in `rfm_new`); False, doing
-    nothing, before the first full recompute or while one runs (that one scores them)."""
+) -> list[SegmentMove] | None:
+    """Score `profile_ids` against the stored cut points, in one statement; returns the
+    segment changes, or None, doing nothing, before the first full recompute or while one
+    runs (that one scores them)."""
     free = await conn.fetchval(
-        "SELECT pg_try_advisory_xact_lock_shared(hashtextextended($1, 0))", _RFM_LOCK
+        "SELECT pg_try_advisory_xact_lock_shared(hashtextextended($1, 0)) "
+        "AND EXISTS (SELECT FROM rfm_cuts)",
+        _RFM_LOCK,
     )
-    if not free or not await conn.fetchval("SELECT count(*) FROM rfm_cuts"):
-        return False
+    if not free:
+        return None
     facts = _FACTS.format(window="$2", currency="$3", only="AND profile_id = ANY($4::text[])")
-    await _score(conn, facts, (window_start, currency, sorted(profile_ids)), grid, at)
-    return True
+    rows = await conn.fetch(
+        f"WITH new AS ({_SCORED.format(facts=facts)}), "
+        "stored AS (INSERT INTO rfm_scores "
+        "(profile_id, recency, frequency, monetary, segment, scored_at) "
+        "SELECT profile_id, rs, fs, ms, segment, $5 FROM new "
+        "ON CONFLICT (profile_id) DO UPDATE SET recency = EXCLUDED.recency, "
+        "frequency = EXCLUDED.frequency, monetary = EXCLUDED.monetary, "
+        "segment = EXCLUDED.segment, scored_at = EXCLUDED.scored_at) "
+        "SELECT profile_id, segment, previous FROM new "
+        "WHERE segment IS DISTINCT FROM previous ORDER BY profile_id",
+        list(grid),
+        window_start,
+        currency,
+        sorted(profile_ids),
+        at,
+    )
+    return [SegmentMove(r["profile_id"], r["segment"], r["previous"]) for r in rows]
 
 
 async def segment_moves(

@@ -419,10 +419,14 @@ class Ledger:
         ]
         if not due:
             return
-        first = min(lot.expires_at for lot in due if lot.expires_at is not None)
         for lot in due:
             lot.warned = True
             self.changed_lots[lot.entry_id] = lot
+        # Points whose time already came (the timers ran late) expire, unannounced.
+        due = [lot for lot in due if lot.expires_at is not None and lot.expires_at > now]
+        if not due:
+            return
+        first = min(lot.expires_at for lot in due if lot.expires_at is not None)
         self.outcomes.append(
             ExpiryWarned(
                 profile_id,
