@@ -5,9 +5,13 @@ earned, every change is on `crm.loyalty.v1`, and `crm-loyalty check` proves the 
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 import uuid
 from collections import Counter
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -16,6 +20,7 @@ from prometheus_client import REGISTRY
 
 from crm_loyalty.app import build
 from crm_loyalty.check import check
+from crm_loyalty.program import EXAMPLE_PROGRAM
 from crm_loyalty.settings import LoyaltySettings
 from crm_shared.contracts import (
     LOYALTY,
@@ -335,3 +340,21 @@ async def test_a_merge_joins_two_accounts_once_and_an_erasure_removes_the_surviv
         "from_tier": "silver",
         "tier": "gold",
     }
+
+
+def test_a_bad_program_file_stops_the_start_naming_its_line(tmp_path: Path) -> None:
+    program = tmp_path / "program.yaml"
+    program.write_text(EXAMPLE_PROGRAM.read_text().replace("threshold: 4000", "threshold: 400"))
+    refused = subprocess.run(
+        [sys.executable, "-m", "crm_loyalty"],
+        env={**os.environ, "CRM_PROGRAM_FILE": str(program)},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert refused.returncode == 2
+    assert refused.stderr.strip() == (
+        f"crm-loyalty: the program file is refused: {program}:46: "
+        "tiers.levels.2.threshold: must be above the threshold of 'silver' (1000)"
+    )
