@@ -313,6 +313,7 @@ def profile_effects(program: Program) -> Callable[[Runtime], Apply[ProfileSnapsh
             now = runtime.clock.now()
             if isinstance(item, Tombstone):
                 await store.lock_accounts(conn, [item.profile_id])
+                await forget_segment_timers(conn, program, item.profile_id)
                 if not await store.erase_account(conn, item.profile_id):
                     return []
                 erased = AccountErased(
@@ -333,6 +334,7 @@ def profile_effects(program: Program) -> Callable[[Runtime], Apply[ProfileSnapsh
             if (await store.survivors(conn, [into])).get(into, into) != survivor:
                 raise Contended("the survivor was merged in turn while this waited")
             await store.record_merge(conn, merged, survivor)
+            await forget_segment_timers(conn, program, merged)
             # The merged profile leaves its segments; the survivor may enter them.
             rules = {rule.name: rule for rule in program.segments.rules}
             memberships = await store.take_rule_memberships(conn, merged)
@@ -365,3 +367,10 @@ def profile_effects(program: Program) -> Callable[[Runtime], Apply[ProfileSnapsh
         return apply
 
     return build
+
+
+async def forget_segment_timers(conn: DbConnection, program: Program, profile_id: str) -> None:
+    """Segment timers of a profile that is gone (merged away or erased)."""
+    await schedule(conn, segments.RFM_RESCORE, [(profile_id, None)])
+    exits = [(segments.exit_key(rule.name, profile_id), None) for rule in program.segments.rules]
+    await schedule(conn, segments.SEGMENT_EXIT, exits)
