@@ -411,6 +411,11 @@ def render(run: Run, started: datetime, total_s: float) -> str:
                 f"| {r.label} | {r.customers:,} | {r.changes:,} | {r.wall_s:.1f} | "
                 f"{fmt_cpu(r.cpu_s)} | {met} |"
             )
+        lines += [
+            "",
+            "The recompute runs in the bench's own process (loyalty's function, on one "
+            "connection), so the bench's CPU here is loyalty's.",
+        ]
     lines += [
         "",
         "How to read it:",
