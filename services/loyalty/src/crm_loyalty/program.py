@@ -13,9 +13,9 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Annotated, Literal
 
-import yaml
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, model_validator
 
+from crm_shared.configfile import ConfigFileError, Loc, parse_yaml_model, read_text, twice
 from crm_shared.contracts import TOUCHPOINT_CLASSES, touchpoint_types
 from crm_shared.contracts.touchpoints import Channel, CurrencyCode, ProgramName
 
@@ -222,14 +222,6 @@ class Program(Strict):
         return next((r for r in self.rewards if r.id == reward_id), None)
 
 
-Loc = tuple[int | str, ...]
-
-
-def _twice(names: list[str]) -> list[int]:
-    """Positions of names already seen earlier in the list."""
-    return [i for i, name in enumerate(names) if name in names[:i]]
-
-
 def inconsistencies(program: Program) -> list[tuple[Loc, str]]:
     """What is wrong across the items of a program that each validate alone."""
     found: list[tuple[Loc, str]] = []
@@ -250,12 +242,12 @@ def inconsistencies(program: Program) -> list[tuple[Loc, str]]:
                     f"({levels[i - 1].threshold})",
                 )
             )
-    for i in _twice([t.name for t in levels]):
+    for i in twice([t.name for t in levels]):
         found.append((("tiers", "levels", i, "name"), f"tier {levels[i].name!r} twice"))
     bonuses = program.earn.bonuses
-    for i in _twice([b.name for b in bonuses]):
+    for i in twice([b.name for b in bonuses]):
         found.append((("earn", "bonuses", i, "name"), f"bonus {bonuses[i].name!r} twice"))
-    for i in _twice([r.id for r in program.rewards]):
+    for i in twice([r.id for r in program.rewards]):
         found.append((("rewards", i, "id"), f"reward {program.rewards[i].id!r} twice"))
     rules = program.segments.rules
     for i, rule in enumerate(rules):
@@ -264,78 +256,21 @@ def inconsistencies(program: Program) -> list[tuple[Loc, str]]:
     return found
 
 
-class ProgramError(Exception):
+class ProgramError(ConfigFileError):
     """A program file that cannot be used: where, and why."""
-
-    def __init__(self, path: str, line: int | None, reason: str) -> None:
-        super().__init__(path, line, reason)
-        self.path = path
-        self.line = line
-        self.reason = reason
-
-    def __str__(self) -> str:
-        where = f"{self.path}:{self.line}" if self.line is not None else self.path
-        return f"{where}: {self.reason}"
 
 
 def load_program(path: Path) -> Program:
     """The program in `path`; a ProgramError naming the line for anything wrong with it."""
-    try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ProgramError(str(path), None, f"cannot be read: {exc}") from None
-    return parse_program(text, str(path))
+    return parse_program(read_text(path, ProgramError), str(path))
 
 
 def parse_program(text: str, name: str = "<program>") -> Program:
-    try:
-        tree = yaml.compose(text, Loader=yaml.SafeLoader)
-        content = yaml.safe_load(text)
-    except yaml.MarkedYAMLError as exc:
-        mark = exc.problem_mark or exc.context_mark
-        line = mark.line + 1 if mark is not None else None
-        raise ProgramError(name, line, f"not valid YAML: {exc.problem or exc}") from None
-    except yaml.YAMLError as exc:
-        raise ProgramError(name, None, f"not valid YAML: {exc}") from None
-    if not isinstance(content, dict):
-        raise ProgramError(name, 1, "the program is a mapping (program, version, earn, ...)")
-    try:
-        program = Program.model_validate(content)
-        problems = inconsistencies(program)
-    except ValidationError as exc:
-        problems = [(tuple(e["loc"]), e["msg"].removeprefix("Value error, ")) for e in exc.errors()]
-    if problems:
-        lines = [_line_of(tree, loc) for loc, _ in problems]
-        reasons = [
-            f"{'.'.join(str(part) for part in loc) or 'program'}: {msg}"
-            + (f" (line {line})" if line is not None and n else "")
-            for n, ((loc, msg), line) in enumerate(zip(problems, lines, strict=True))
-        ]
-        raise ProgramError(name, lines[0], "; ".join(reasons))
-    return program
-
-
-def _line_of(node: yaml.Node | None, loc: tuple[int | str, ...]) -> int | None:
-    """The 1-based line of the deepest node `loc` reaches in the composed YAML."""
-    if node is None:
-        return None
-    line = node.start_mark.line + 1
-    for part in loc:
-        child: yaml.Node | None = None
-        if isinstance(node, yaml.MappingNode):
-            for key, value in node.value:
-                if isinstance(key, yaml.ScalarNode) and key.value == str(part):
-                    child = value
-                    line = key.start_mark.line + 1
-                    break
-        elif (
-            isinstance(node, yaml.SequenceNode)
-            and isinstance(part, int)
-            and 0 <= part < len(node.value)
-        ):
-            child = node.value[part]
-            line = child.start_mark.line + 1
-        if child is None:
-            break
-        node = child
-    return line
+    return parse_yaml_model(
+        text,
+        name,
+        Program,
+        checks=inconsistencies,
+        top="a mapping (program, version, earn, ...)",
+        error=ProgramError,
+    )
