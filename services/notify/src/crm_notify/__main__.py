@@ -1,10 +1,19 @@
-"""`python -m crm_notify`: run the consumers and the operational HTTP endpoints."""
+"""`crm-notify`: run the consumers, the delivery timer and the API."""
 
-from crm_notify.app import build
+import sys
+
+from crm_notify.rules import RulesError
 
 
 def main() -> None:
-    build().run()
+    from crm_notify.app import build
+
+    try:
+        service = build()
+    except RulesError as refused:
+        print(f"crm-notify: the rules file is refused: {refused}", file=sys.stderr)
+        raise SystemExit(2) from None
+    service.run()
 
 
 if __name__ == "__main__":

@@ -2,9 +2,46 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, fields
 from datetime import datetime
+from typing import Any
+
+import asyncpg
 
 from crm_shared.database import DbConnection
+
+
+@dataclass
+class NotificationRow:
+    notification_id: str
+    dedupe_key: str
+    profile_id: str
+    trigger: str
+    category: str
+    template: str
+    status: str
+    reason: str | None
+    channel: str | None
+    address: str | None
+    language: str | None
+    context: dict[str, Any]
+    cause_source: str
+    cause_event_id: str
+    cause_time: datetime
+    due_at: datetime
+    attempts: int
+    provider_id: str | None
+    created_at: datetime
+    updated_at: datetime
+    sent_at: datetime | None
+
+    @classmethod
+    def of(cls, record: asyncpg.Record) -> NotificationRow:
+        return cls(**{f.name: record[f.name] for f in fields(cls)})
+
+
+COLUMNS = [f.name for f in fields(NotificationRow)]
 
 
 async def remember_touchpoint(
@@ -23,4 +60,161 @@ async def remember_touchpoint(
         profile_id,
         type_,
         event_time,
+    )
+
+
+async def insert(conn: DbConnection, row: NotificationRow) -> bool:
+    """Store `row`; False when it is there already, or a live notification holds its dedupe
+    key (no conflict target: every unique index counts)."""
+    placeholders = ", ".join(f"${n}" for n in range(1, len(COLUMNS) + 1))
+    inserted = await conn.fetchval(
+        f"INSERT INTO notifications ({', '.join(COLUMNS)}) VALUES ({placeholders}) "
+        "ON CONFLICT DO NOTHING RETURNING true",
+        *(getattr(row, c) for c in COLUMNS),
+    )
+    return bool(inserted)
+
+
+async def waiting(
+    conn: DbConnection, profile_id: str, triggers: Sequence[str]
+) -> list[NotificationRow]:
+    """The profile's waiting notifications of `triggers`, locked."""
+    rows = await conn.fetch(
+        f"SELECT {', '.join(COLUMNS)} FROM notifications "
+        "WHERE profile_id = $1 AND trigger = ANY($2::text[]) AND status = 'waiting' "
+        "ORDER BY notification_id FOR UPDATE",
+        profile_id,
+        list(triggers),
+    )
+    return [NotificationRow.of(r) for r in rows]
+
+
+async def lock_notifications(conn: DbConnection, ids: Sequence[str]) -> list[NotificationRow]:
+    rows = await conn.fetch(
+        f"SELECT {', '.join(COLUMNS)} FROM notifications "
+        "WHERE notification_id = ANY($1::text[]) ORDER BY notification_id FOR UPDATE",
+        list(ids),
+    )
+    return [NotificationRow.of(r) for r in rows]
+
+
+async def live_key_taken(conn: DbConnection, dedupe_key: str, other_than: str) -> bool:
+    return bool(
+        await conn.fetchval(
+            "SELECT true FROM notifications WHERE dedupe_key = $1 AND notification_id <> $2 "
+            "AND status NOT IN ('suppressed', 'cancelled')",
+            dedupe_key,
+            other_than,
+        )
+    )
+
+
+async def save(conn: DbConnection, row: NotificationRow) -> None:
+    """Write back every column of a row read with `lock_notifications` or `waiting`."""
+    changing = [c for c in COLUMNS if c != "notification_id"]
+    await conn.execute(
+        "UPDATE notifications SET "
+        + ", ".join(f"{c} = ${n}" for n, c in enumerate(changing, start=2))
+        + " WHERE notification_id = $1",
+        row.notification_id,
+        *(getattr(row, c) for c in changing),
+    )
+
+
+async def profiles(conn: DbConnection, ids: Iterable[str]) -> dict[str, asyncpg.Record]:
+    """The replica's rows of `ids`: profile_id, merged_into and the snapshot data."""
+    rows = await conn.fetch(
+        "SELECT profile_id, merged_into, snapshot FROM profile_replica "
+        "WHERE profile_id = ANY($1::text[])",
+        list(set(ids)),
+    )
+    return {r["profile_id"]: r for r in rows}
+
+
+async def loyalty_members(conn: DbConnection, ids: Iterable[str]) -> set[str]:
+    rows = await conn.fetch(
+        "SELECT profile_id FROM loyalty_members WHERE profile_id = ANY($1::text[])",
+        list(set(ids)),
+    )
+    return {r["profile_id"] for r in rows}
+
+
+async def add_loyalty_member(conn: DbConnection, profile_id: str, since: datetime) -> None:
+    await conn.execute(
+        "INSERT INTO loyalty_members (profile_id, since) VALUES ($1, $2) "
+        "ON CONFLICT (profile_id) DO UPDATE SET since = least(loyalty_members.since, $2)",
+        profile_id,
+        since,
+    )
+
+
+async def erase_loyalty_member(conn: DbConnection, profile_id: str) -> None:
+    await conn.execute("DELETE FROM loyalty_members WHERE profile_id = $1", profile_id)
+
+
+async def history(
+    conn: DbConnection, profile_id: str, since: datetime
+) -> dict[tuple[str, str], list[datetime]]:
+    """(category, channel) → when each message since `since` went out to the profile."""
+    rows = await conn.fetch(
+        "SELECT category, channel, sent_at FROM notifications "
+        "WHERE profile_id = $1 AND sent_at > $2",
+        profile_id,
+        since,
+    )
+    found: dict[tuple[str, str], list[datetime]] = {}
+    for r in rows:
+        found.setdefault((r["category"], r["channel"]), []).append(r["sent_at"])
+    return found
+
+
+async def add_to_inbox(
+    conn: DbConnection, notification_id: str, profile_id: str, subject: str, body: str, at: datetime
+) -> None:
+    await conn.execute(
+        "INSERT INTO inbox (notification_id, profile_id, subject, body, created_at) "
+        "VALUES ($1, $2, $3, $4, $5) ON CONFLICT (notification_id) DO NOTHING",
+        notification_id,
+        profile_id,
+        subject,
+        body,
+        at,
+    )
+
+
+async def erase(conn: DbConnection, profile_id: str) -> list[str]:
+    """Forget everything about the profile; returns the ids of the notifications that waited."""
+    waited = await conn.fetch(
+        "SELECT notification_id FROM notifications WHERE profile_id = $1 AND status = 'waiting'",
+        profile_id,
+    )
+    await conn.execute("DELETE FROM notifications WHERE profile_id = $1", profile_id)
+    await conn.execute("DELETE FROM touchpoints_seen WHERE profile_id = $1", profile_id)
+    await conn.execute("DELETE FROM loyalty_members WHERE profile_id = $1", profile_id)
+    return [r["notification_id"] for r in waited]
+
+
+async def notifications_of(
+    conn: DbConnection | asyncpg.Pool, profile_id: str, before: int | None, limit: int
+) -> list[asyncpg.Record]:
+    """The profile's notifications, newest first, from before `before` (a `seq`)."""
+    return await conn.fetch(
+        f"SELECT seq, {', '.join(COLUMNS)} FROM notifications WHERE profile_id = $1 "
+        "AND ($2::bigint IS NULL OR seq < $2) ORDER BY seq DESC LIMIT $3",
+        profile_id,
+        before,
+        limit,
+    )
+
+
+async def inbox_of(
+    conn: DbConnection | asyncpg.Pool, profile_id: str, before: int | None, limit: int
+) -> list[asyncpg.Record]:
+    return await conn.fetch(
+        "SELECT seq, notification_id, subject, body, created_at, read_at FROM inbox "
+        "WHERE profile_id = $1 AND ($2::bigint IS NULL OR seq < $2) "
+        "ORDER BY seq DESC LIMIT $3",
+        profile_id,
+        before,
+        limit,
     )

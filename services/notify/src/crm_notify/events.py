@@ -1,0 +1,43 @@
+"""NotificationEvents on crm.notifications.v1, one per notification and state, with ids fixed
+by (notification, state) so a re-publish is a duplicate downstream drops."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, Literal
+
+from crm_notify.store import NotificationRow
+from crm_shared.contracts import NOTIFICATION_ADAPTER, NOTIFICATIONS, derived_event_id
+from crm_shared.kafka import OutgoingRecord
+from crm_shared.outbox import event_record
+
+State = Literal["requested", "sent", "delivered", "failed", "suppressed"]
+
+
+def notification_event(
+    prefix: str, source: str, state: State, row: NotificationRow, at: datetime
+) -> OutgoingRecord:
+    data: dict[str, Any] = {
+        "notification_id": row.notification_id,
+        "profile_id": row.profile_id,
+        "trigger": row.trigger,
+        "category": row.category,
+        "template": row.template,
+        "dedupe_key": row.dedupe_key,
+    }
+    if row.channel is not None and state != "requested":
+        data["channel"] = row.channel
+    if row.reason is not None and state in ("suppressed", "failed"):
+        data["reason"] = row.reason[:1024]
+    event = NOTIFICATION_ADAPTER.validate_python(
+        {
+            "specversion": "1.0",
+            "id": derived_event_id("notification", row.notification_id, state),
+            "source": source,
+            "type": f"crm.notification.{state}",
+            "time": at,
+            "subject": row.profile_id,
+            "data": data,
+        }
+    )
+    return event_record(NOTIFICATIONS.full_name(prefix), row.profile_id, event)
