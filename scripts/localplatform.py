@@ -13,6 +13,7 @@ import argparse
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -28,6 +29,9 @@ SERVICES = {  # name: (module, default port, database or None)
     "notify": ("crm_notify", 8003, "crm_notify"),
 }
 READY_TIMEOUT_S = 90.0
+MAIL_PORT = 1025
+"""A local mail catcher (aiosmtpd, printing every message to .state/logs/mail.log): notify's
+default SMTP server, as mailpit is in docker-compose.yml."""
 
 
 def _infra_env() -> dict[str, str]:
@@ -75,10 +79,36 @@ def _ready(port: int) -> tuple[bool, str]:
         return False, str(error)
 
 
+def _listening(port: int) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=1):
+            return True
+    except OSError:
+        return False
+
+
+def _start_mail_catcher() -> None:
+    if _pid("mail") is not None or _listening(MAIL_PORT):
+        return
+    with open(STATE / "logs" / "mail.log", "ab") as log:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "aiosmtpd", "-n", "-l", f"127.0.0.1:{MAIL_PORT}"],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+    (STATE / "run" / "mail.pid").write_text(str(process.pid))
+    deadline = time.monotonic() + 15
+    while not _listening(MAIL_PORT) and time.monotonic() < deadline:
+        time.sleep(0.1)
+
+
 def up() -> int:
     infra = _infra_env()
     (STATE / "run").mkdir(parents=True, exist_ok=True)
     (STATE / "logs").mkdir(parents=True, exist_ok=True)
+    _start_mail_catcher()
     for name, (module, _, database) in SERVICES.items():
         if _pid(name) is not None:
             print(f"platform: {name} already running")
@@ -120,11 +150,13 @@ def up() -> int:
     print("platform: all services ready")
     for name in SERVICES:
         print(f"  {name:8} http://127.0.0.1:{_port(name)}  (docs: /docs, metrics: /metrics)")
+    mail_log = STATE / "logs" / "mail.log"
+    print(f"  mail     smtp://127.0.0.1:{MAIL_PORT}  (what notify sends: {mail_log})")
     return 0
 
 
 def down() -> int:
-    stopping = {name: pid for name in SERVICES if (pid := _pid(name)) is not None}
+    stopping = {name: pid for name in [*SERVICES, "mail"] if (pid := _pid(name)) is not None}
     for pid in stopping.values():
         os.kill(pid, signal.SIGTERM)
     deadline = time.monotonic() + 30

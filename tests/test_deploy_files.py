@@ -31,6 +31,7 @@ import jsonschema
 from ruamel.yaml import YAML
 
 from crm_loyalty.program import parse_program
+from crm_notify.rules import parse_rules
 from crm_shared.installed import installed_services
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -586,3 +587,20 @@ def test_loyalty_runs_the_mounted_program_and_it_is_valid() -> None:
     volumes = {v["name"]: v for v in deployment["spec"]["template"]["spec"]["volumes"]}
     assert env["CRM_PROGRAM_FILE"] == f"{mounts['program']}/program.yaml"
     assert volumes["program"]["configMap"]["name"] == "crm-loyalty-program"
+
+
+def test_notify_runs_the_mounted_rules_and_they_are_valid() -> None:
+    (rules,) = [
+        c for c in resources_of_kind("ConfigMap") if c["metadata"]["name"] == "crm-notify-rules"
+    ]
+    parsed = parse_rules(rules["data"]["rules.yaml"], "notify-rules.yaml")
+    assert [t.name for t in parsed.triggers] == ["welcome"]
+    (deployment,) = [
+        d for d in resources_of_kind("Deployment") if d["metadata"]["name"] == "notify"
+    ]
+    (container,) = containers(deployment)
+    env = {e["name"]: e.get("value") for e in container["env"]}
+    mounts = {m["name"]: m["mountPath"] for m in container["volumeMounts"]}
+    volumes = {v["name"]: v for v in deployment["spec"]["template"]["spec"]["volumes"]}
+    assert env["CRM_RULES_FILE"] == f"{mounts['rules']}/rules.yaml"
+    assert volumes["rules"]["configMap"]["name"] == "crm-notify-rules"
