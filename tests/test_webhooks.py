@@ -17,8 +17,8 @@ from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from crm_ingest.app import build
 from crm_ingest.settings import IngestSettings
-from crm_ingest.webhooks import twilio_signature
 from crm_shared.contracts import TOUCHPOINTS
+from crm_shared.twilio import twilio_signature
 from tests.support import Endpoints, read_topic, running, service_env, values_of
 
 TWILIO_TOKEN = "twilio-test-token"

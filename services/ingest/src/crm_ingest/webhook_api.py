@@ -23,15 +23,9 @@ from crm_ingest.api import (
 )
 from crm_ingest.gate import Gate
 from crm_ingest.keys import WriteKey
-from crm_ingest.webhooks import (
-    BadSignature,
-    sendgrid_event,
-    twilio_call,
-    twilio_sms,
-    verify_sendgrid,
-    verify_twilio,
-)
+from crm_ingest.webhooks import sendgrid_event, twilio_call, twilio_sms, verify_sendgrid
 from crm_shared.problems import problem
+from crm_shared.twilio import BadSignature, verify_twilio
 
 router = APIRouter(prefix="/v1/webhooks", tags=["webhooks"])
 

@@ -14,8 +14,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import hashlib
-import hmac
 from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -26,12 +24,9 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.serialization import load_der_public_key
 
 from crm_ingest.acceptance import Untranslatable
+from crm_shared.twilio import BadSignature
 
 Json = dict[str, Any]
-
-
-class BadSignature(ValueError):
-    """The request is not provably from the provider; the message says why."""
 
 
 # --- SendGrid ----------------------------------------------------------------------------------
@@ -123,23 +118,6 @@ def sendgrid_event(item: Any, index: int) -> Json | None:
 
 
 # --- Twilio ------------------------------------------------------------------------------------
-def twilio_signature(auth_token: str, url: str, params: Mapping[str, str]) -> str:
-    payload = url + "".join(name + params[name] for name in sorted(params))
-    digest = hmac.new(auth_token.encode(), payload.encode(), hashlib.sha1).digest()
-    return base64.b64encode(digest).decode()
-
-
-def verify_twilio(
-    auth_token: str, url: str, params: Mapping[str, str], signature: str | None
-) -> None:
-    if not signature:
-        raise BadSignature("the X-Twilio-Signature header is required")
-    if not hmac.compare_digest(
-        twilio_signature(auth_token, url, params).encode(), signature.encode()
-    ):
-        raise BadSignature("the signature does not match the URL and parameters")
-
-
 _CALL_OUTCOMES = {
     "completed": "answered",
     "busy": "busy",
