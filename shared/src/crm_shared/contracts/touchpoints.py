@@ -564,3 +564,27 @@ def touchpoint_types() -> list[str]:
     for cls in TOUCHPOINT_CLASSES:
         names.extend(cls.model_fields["type"].annotation.__args__)  # type: ignore[union-attr]
     return sorted(names)
+
+
+# Contact the person started, and contact the company started.
+INBOUND_CONTACT = frozenset(
+    {
+        "crm.touchpoint.phone.sms_received",
+        "crm.touchpoint.email.replied",
+        "crm.touchpoint.web.form_submitted",
+        "crm.touchpoint.feedback.survey_answered",
+    }
+)
+OUTBOUND_CONTACT = frozenset({"crm.touchpoint.email.sent", "crm.touchpoint.email.delivered"})
+
+
+def contact_direction(event: Any) -> Literal["inbound", "outbound"] | None:
+    """Whether a touchpoint is contact the person started (a call in, an SMS, a reply, a form,
+    a survey) or the company started (an email, a call out); None for neither."""
+    if event.type in INBOUND_CONTACT:
+        return "inbound"
+    if event.type in OUTBOUND_CONTACT:
+        return "outbound"
+    if event.type == "crm.touchpoint.phone.call_completed":
+        return "inbound" if event.data.direction == "inbound" else "outbound"
+    return None

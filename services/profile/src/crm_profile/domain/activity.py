@@ -11,6 +11,8 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
+from crm_shared.contracts.touchpoints import contact_direction as direction
+
 # Stored shapes (jsonb):
 # activity {"first_seen": iso, "last_seen": iso, "channels": {channel: n}, "orders": n,
 #           "revenue": {currency: "decimal"}, "last_order_at": iso, "last_inbound_at": iso,
@@ -22,16 +24,6 @@ Activity = dict[str, Any]
 Contacts = dict[str, dict[str, Any]]
 
 ORDERS = frozenset({"crm.touchpoint.web.order_completed", "crm.touchpoint.store.purchase"})
-# Contact the person started, and contact the company started.
-INBOUND = frozenset(
-    {
-        "crm.touchpoint.phone.sms_received",
-        "crm.touchpoint.email.replied",
-        "crm.touchpoint.web.form_submitted",
-        "crm.touchpoint.feedback.survey_answered",
-    }
-)
-OUTBOUND = frozenset({"crm.touchpoint.email.sent", "crm.touchpoint.email.delivered"})
 # Proof that mail reaches the address again after a bounce.
 REACHED = frozenset(
     {
@@ -49,17 +41,6 @@ def _later(current: str | None, at: datetime) -> str:
 
 def _earlier(current: str | None, at: datetime) -> str:
     return at.isoformat() if current is None or datetime.fromisoformat(current) > at else current
-
-
-def direction(event: Any) -> str | None:
-    """ "inbound", "outbound" or None for a touchpoint that is no contact either way."""
-    if event.type in INBOUND:
-        return "inbound"
-    if event.type in OUTBOUND:
-        return "outbound"
-    if event.type == "crm.touchpoint.phone.call_completed":
-        return "inbound" if event.data.direction == "inbound" else "outbound"
-    return None
 
 
 def apply_activity(current: Activity, event: Any) -> Activity:
