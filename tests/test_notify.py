@@ -4,39 +4,54 @@ cancellation of a waiting trigger, erasure, and what reaches crm.notifications.v
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import hmac
 import json
+import threading
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime, timedelta
 from email import message_from_bytes, policy
 from email.message import EmailMessage
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qsl
+from zoneinfo import ZoneInfo
 
 import httpx
 import pytest
 from aiosmtpd.controller import Controller
+from prometheus_client import REGISTRY
 
 from crm_notify.app import build
+from crm_notify.rules import EXAMPLE_RULES, parse_rules
 from crm_notify.settings import NotifySettings
 from crm_shared.contracts import (
     LOYALTY,
     NOTIFICATIONS,
     PROFILES,
+    TOUCHPOINTS,
     ActivitySummary,
     ConsentState,
     ContactPoint,
+    Identifier,
     ProfileSnapshotData,
     profile_snapshot,
 )
 from crm_shared.service import Service
 from crm_shared.timers import ManualClock
+from crm_shared.twilio import twilio_signature
 from tests.conftest import Databases
 from tests.support import (
     Endpoints,
+    ServiceProcess,
     free_port,
     produce,
     read_topic,
     running,
+    service_env,
     service_settings,
     values_of,
     wait_until,
@@ -46,11 +61,35 @@ from tests.test_loyalty import ADMIN, publish, resolved
 NOW = datetime(2026, 11, 20, 12, tzinfo=UTC)  # 14:00 in Vilnius, 20:00 in Taipei
 
 
+DAYTIME_ZONES = (
+    "Europe/Vilnius",
+    "America/New_York",
+    "America/Los_Angeles",
+    "Asia/Tokyo",
+    "Asia/Kolkata",
+)
+
+
+def daytime_zone() -> str:
+    """For tests on the real clock: a zone where it is now well outside the example's quiet
+    hours (21:00 to 08:00)."""
+    now = datetime.now(UTC)
+    return next(z for z in DAYTIME_ZONES if 9 <= now.astimezone(ZoneInfo(z)).hour < 19)
+
+
 class Inbox:
     """What the SMTP server received."""
 
     def __init__(self) -> None:
         self.messages: list[tuple[list[str], EmailMessage]] = []
+
+    async def handle_RCPT(
+        self, server: Any, session: Any, envelope: Any, address: str, options: Any
+    ) -> str:
+        if address.startswith("bounce-"):  # a mailbox that does not exist
+            return "550 5.1.1 No such user"
+        envelope.rcpt_tos.append(address)
+        return "250 OK"
 
     async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
         message = message_from_bytes(envelope.content, policy=policy.default)
@@ -78,16 +117,34 @@ def person(
     email: str,
     *,
     traits: dict[str, Any] | None = None,
-    consents: list[tuple[str, str]] = (),  # type: ignore[assignment]
+    consents: Sequence[tuple[str, str]] = (),
     version: int = 1,
     merged_into: str | None = None,
+    bounced: bool = False,
+    phone: str | None = None,
 ) -> dict[str, Any]:
     """A snapshot on crm.profiles.v1, last seen at NOW."""
+    points = [
+        ContactPoint(
+            channel="email",
+            address=email,
+            deliverable=not bounced,
+            deliverable_reason="bounced" if bounced else None,
+            marketing=not bounced,
+        )
+    ]
+    if phone is not None:
+        points.append(
+            ContactPoint(channel="phone", address=phone, deliverable=True, marketing=True)
+        )
     data = ProfileSnapshotData(
         profile_id=profile,
         version=version,
         change=["merged"] if merged_into else ["created"],
-        identifiers=[],
+        identifiers=[
+            Identifier(kind="email", value=email),
+            *([Identifier(kind="phone", value=phone)] if phone else []),
+        ],
         traits=traits or {},
         consents=[
             ConsentState(
@@ -100,9 +157,7 @@ def person(
             for purpose, channel in consents
         ],
         activity=ActivitySummary(first_seen=NOW - timedelta(days=9), last_seen=NOW, channels={}),
-        contact_points=[
-            ContactPoint(channel="email", address=email, deliverable=True, marketing=True)
-        ],
+        contact_points=points,
         merged_into=merged_into,
         created_at=NOW - timedelta(days=9),
         updated_at=NOW,
@@ -110,13 +165,13 @@ def person(
     return profile_snapshot(data, source="crm-profile", time=NOW).model_dump(mode="json")
 
 
-def loyalty_event(kind: str, profile: str, **data: Any) -> dict[str, Any]:
+def loyalty_event(kind: str, profile: str, at: datetime = NOW, **data: Any) -> dict[str, Any]:
     return {
         "specversion": "1.0",
         "id": str(uuid.uuid4()),
         "source": "crm-loyalty",
         "type": f"crm.loyalty.{kind}",
-        "time": NOW.isoformat(),
+        "time": at.isoformat(),
         "subject": profile,
         "data": {"profile_id": profile, **data},
     }
@@ -157,6 +212,15 @@ async def settled(service: Service, profile: str, count: int) -> list[dict[str, 
     return await wait_until(done, what=f"{count} notifications of {profile} to settle")
 
 
+def suppressed(kind: str) -> float:
+    return REGISTRY.get_sample_value("crm_notify_suppressed_total", {"reason": kind}) or 0.0
+
+
+def sent_by_email() -> float:
+    labels = {"state": "sent", "channel": "email"}
+    return REGISTRY.get_sample_value("crm_notify_notifications_total", labels) or 0.0
+
+
 def notify(endpoints: Endpoints, prefix: str, url: str, port: int, clock: ManualClock) -> Service:
     settings = service_settings(
         NotifySettings, endpoints, prefix, url, timer_poll_interval_s=0.05, smtp_port=port
@@ -171,6 +235,8 @@ async def test_triggers_respect_consent_language_quiet_hours_and_send_once(
     clock = ManualClock(NOW)
     tag = uuid.uuid4().hex[:6]
     ona, mei, ivan = f"p-ona-{tag}", f"p-mei-{tag}", f"p-ivan-{tag}"
+    before = {kind: suppressed(kind) for kind in ("duplicate", "no_consent")}
+    sent_before = sent_by_email()
     service = notify(endpoints, topic_prefix, await databases.create("notify"), port, clock)
     async with running(service):
         await send_to(
@@ -218,10 +284,7 @@ async def test_triggers_respect_consent_language_quiet_hours_and_send_once(
         )
         (refused,) = await settled(service, ivan, 1)
         assert refused["status"] == "suppressed"
-        assert refused["reason"] == (
-            "email: no consent for marketing; sms: no delivery adapter; "
-            "in_app: no consent for marketing"
-        )
+        assert refused["reason"] == "email: no consent for marketing; sms: no delivery adapter"
 
         async def waits_for_morning() -> bool:
             items = await notifications(service, mei)
@@ -242,6 +305,9 @@ async def test_triggers_respect_consent_language_quiet_hours_and_send_once(
         events = values_of(
             await read_topic(endpoints.bootstrap, NOTIFICATIONS.full_name(topic_prefix), at_least=7)
         )
+    assert suppressed("duplicate") - before["duplicate"] == 1
+    assert suppressed("no_consent") - before["no_consent"] == 1
+    assert sent_by_email() - sent_before == 2
     seen = sorted((e["data"]["profile_id"], e["type"].rsplit(".", 1)[1]) for e in events)
     assert seen == sorted(
         [
@@ -301,7 +367,7 @@ async def test_an_order_cancels_the_abandoned_cart_and_an_erasure_the_rest(
         assert {n["trigger"] for n in items} == {"abandoned-cart", "join-programme"}
         assert (cancelled["status"], cancelled["reason"]) == (
             "cancelled",
-            "cancelled by order_completed",
+            "cancelled by web.order_completed",
         )
         # The erased person's tombstone: everything of them goes, the reminder included.
         await produce(
@@ -317,3 +383,470 @@ async def test_an_order_cancels_the_abandoned_cart_and_an_erasure_the_rest(
         assert reminded["status"] == "sent"
         assert len(inbox.to(f"{browser}@example.org")) == 1
         assert inbox.to(f"{buyer}@example.org") == inbox.to(f"{erased}@example.org") == []
+
+
+class Receiver:
+    """A webhook endpoint on a real HTTP server: records every call, and answers the first
+    `failures` with 503."""
+
+    def __init__(self, failures: int) -> None:
+        self.calls: list[tuple[dict[str, str], bytes]] = []
+        self.failures = failures
+        receiver = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers["Content-Length"]))
+                receiver.calls.append(({k.lower(): v for k, v in self.headers.items()}, body))
+                failing = len(receiver.calls) <= receiver.failures
+                self.send_response(503 if failing else 204)
+                self.end_headers()
+
+            def log_message(self, *_: Any) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/tasks"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+async def test_an_unanswered_call_sends_a_signed_task_to_the_owner_and_an_answer_cancels_it(
+    endpoints: Endpoints, topic_prefix: str, databases: Databases, smtp: tuple[Inbox, int]
+) -> None:
+    _, port = smtp
+    friday = datetime(2026, 11, 20, 13, tzinfo=UTC)  # 15:00 in Vilnius
+    clock = ManualClock(friday)
+    tag = uuid.uuid4().hex[:6]
+    answered, ignored = f"p-answered-{tag}", f"p-ignored-{tag}"
+    receiver = Receiver(failures=1)
+    secret = "webhook-secret-for-tests"
+    rules = parse_rules(
+        EXAMPLE_RULES.read_text().replace("  deliver: email ", "  deliver: webhook ")
+    )
+    settings = service_settings(
+        NotifySettings,
+        endpoints,
+        topic_prefix,
+        await databases.create("notify"),
+        timer_poll_interval_s=0.05,
+        smtp_port=port,
+        webhook_url=receiver.url,
+        webhook_secret=secret,
+    )
+    service = build(settings, rules, clock=clock)
+
+    def call(profile: str) -> dict[str, Any]:
+        event = resolved(
+            "phone.call_completed",
+            profile,
+            0,
+            direction="inbound",
+            duration_seconds=0,
+            outcome="missed",
+        )
+        event["time"] = friday.isoformat()
+        return event
+
+    try:
+        async with running(service):
+            await send_to(
+                endpoints,
+                PROFILES.full_name(topic_prefix),
+                [
+                    person(answered, f"{answered}@example.org"),
+                    person(
+                        ignored,
+                        f"{ignored}@example.org",
+                        traits={"first_name": "Rūta", "account_owner": "jonas@aurora.example"},
+                    ),
+                ],
+            )
+            await publish(endpoints, topic_prefix, [call(answered), call(ignored)])
+
+            async def follow_ups(who: str) -> list[dict[str, Any]]:
+                items = await notifications(service, who)
+                return [n for n in items if n["trigger"] == "follow-up"]
+
+            async def both_wait() -> bool:
+                for who in (answered, ignored):
+                    if [n["status"] for n in await follow_ups(who)] != ["waiting"]:
+                        return False
+                return True
+
+            await wait_until(both_wait, what="a waiting follow-up for each call")
+            (waiting,) = await follow_ups(ignored)
+            # Friday 15:00 in Vilnius, two business days on: Tuesday 15:00.
+            assert waiting["due_at"] == "2026-11-24T13:00:00Z"
+
+            # Someone emails the first customer back on Monday; a later inbound call of the
+            # other starts no second task.
+            reply = resolved("email.sent", answered, 0, message_id=f"m-{tag}")
+            reply["time"] = "2026-11-23T08:00:00Z"
+            again = call(ignored)
+            again["time"] = "2026-11-23T09:00:00Z"
+            await publish(endpoints, topic_prefix, [reply, again])
+            await settled(service, answered, 1)
+            (cancelled,) = await follow_ups(answered)
+            assert (cancelled["status"], cancelled["reason"]) == (
+                "cancelled",
+                "cancelled by email.sent",
+            )
+
+            clock.set(datetime(2026, 11, 24, 13, 0, 1, tzinfo=UTC))
+            await wait_until(lambda: len(receiver.calls) == 1, what="the first webhook call")
+            # The receiver answered 503: the task is tried again after the backoff (30 s).
+            clock.advance(timedelta(seconds=31))
+
+            async def task_settled() -> list[dict[str, Any]]:
+                return [n for n in await follow_ups(ignored) if n["status"] != "waiting"]
+
+            (task,) = await wait_until(task_settled, what="the task recorded")
+            # The survey after each inbound call, due two hours after it.
+            surveys = [
+                n
+                for who in (answered, ignored)
+                for n in await notifications(service, who)
+                if n["trigger"] == "csat-survey"
+            ]
+    finally:
+        receiver.close()
+
+    assert task["status"] == "sent"
+    assert task["channel"] == "webhook"
+    # Friday's two surveys were due at 17:00 on Friday, and the clock jumped past them by
+    # more than the 48 hours after which a message is stale; Monday's was due on Monday.
+    assert sorted((n["status"], n["reason"]) for n in surveys) == [
+        ("suppressed", "email: no consent for surveys; sms: no delivery adapter"),
+        ("suppressed", "stale: due at 2026-11-20T15:00:00+00:00"),
+        ("suppressed", "stale: due at 2026-11-20T15:00:00+00:00"),
+    ]
+    assert task["attempts"] == 2
+    assert len(receiver.calls) == 2
+    (first_headers, _), (headers, body) = receiver.calls
+    assert headers["idempotency-key"] == task["notification_id"]
+    assert first_headers["idempotency-key"] == task["notification_id"]
+    expected = hmac.new(
+        secret.encode(), headers["x-crm-timestamp"].encode() + b"." + body, hashlib.sha256
+    ).hexdigest()
+    assert headers["x-crm-signature"] == f"v1={expected}"
+    payload = json.loads(body)
+    assert payload["owner"] == "jonas@aurora.example"
+    assert payload["profile_id"] == ignored
+    assert payload["subject"] == "Unanswered for 2 business days: Rūta"
+
+
+class SmsProvider:
+    """A local server speaking Twilio's Messages API: checks basic auth, records each message
+    and its idempotency token, refuses numbers in `invalid` with a 400 like Twilio's."""
+
+    def __init__(self, sid: str, token: str, invalid: set[str]) -> None:
+        self.messages: list[dict[str, str]] = []
+        self.requests: list[dict[str, str]] = []
+        provider = self
+        expected = "Basic " + base64.b64encode(f"{sid}:{token}".encode()).decode()
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers["Content-Length"]))
+                form = dict(parse_qsl(body.decode()))
+                if self.path != f"/2010-04-01/Accounts/{sid}/Messages.json" or (
+                    self.headers.get("Authorization") != expected
+                ):
+                    self._answer(401, {"code": 20003, "message": "Authenticate"})
+                    return
+                if form["To"] in invalid:
+                    self._answer(400, {"code": 21211, "message": "Invalid 'To' Phone Number"})
+                    return
+                token = self.headers.get("I-Twilio-Idempotency-Token", "")
+                provider.requests.append({**form, "token": token})
+                # Like Twilio: a request repeating a token is the first one again.
+                if token not in {m["token"] for m in provider.messages}:
+                    provider.messages.append({**form, "token": token})
+                self._answer(201, {"sid": f"SM{uuid.uuid5(uuid.NAMESPACE_URL, token).hex}"})
+
+            def _answer(self, status: int, body: dict[str, Any]) -> None:
+                data = json.dumps(body).encode()
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def log_message(self, *_: Any) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+async def test_sms_when_email_bounced_with_the_providers_status_callback(
+    endpoints: Endpoints, topic_prefix: str, databases: Databases, smtp: tuple[Inbox, int]
+) -> None:
+    _, port = smtp
+    sid, token, public = "AC0123", "twilio-token-for-tests", "https://notify.example.org"
+    provider = SmsProvider(sid, token, invalid={"+37069999999"})
+    clock = ManualClock(NOW)
+    tag = uuid.uuid4().hex[:6]
+    reachable, invalid = f"p-sms-{tag}", f"p-bad-{tag}"
+    settings = service_settings(
+        NotifySettings,
+        endpoints,
+        topic_prefix,
+        await databases.create("notify"),
+        timer_poll_interval_s=0.05,
+        smtp_port=port,
+        sms_api_url=provider.url,
+        sms_account_sid=sid,
+        sms_auth_token=token,
+        sms_from="+37060000001",
+        public_base_url=public,
+    )
+    service = build(settings, clock=clock)
+    try:
+        async with running(service):
+            await send_to(
+                endpoints,
+                PROFILES.full_name(topic_prefix),
+                [
+                    person(
+                        reachable, f"{reachable}@example.org", bounced=True, phone="+37060000002"
+                    ),
+                    person(invalid, f"{invalid}@example.org", bounced=True, phone="+37069999999"),
+                ],
+            )
+            expiring: dict[str, Any] = {"points": 120, "expires_at": "2026-12-20T00:00:00Z"}
+            await send_to(
+                endpoints,
+                LOYALTY.full_name(topic_prefix),
+                [loyalty_event("points_expiring", who, **expiring) for who in (reachable, invalid)],
+            )
+            (sent,) = await settled(service, reachable, 1)
+            (refused,) = await settled(service, invalid, 1)
+            assert (sent["status"], sent["channel"]) == ("sent", "sms")
+            assert (refused["status"], refused["channel"]) == ("failed", "sms")
+            assert refused["reason"] == "sms: HTTP 400 21211: Invalid 'To' Phone Number"
+            assert refused["attempts"] == 1, "a 400 is not tried again"
+            (message,) = provider.messages
+            assert message["To"] == "+37060000002"
+            assert message["Body"] == "Use your 120 points before 2026-12-20."
+            assert message["token"] == sent["notification_id"]
+            assert message["StatusCallback"] == f"{public}/v1/callbacks/sms/status"
+
+            callback = {
+                "MessageSid": f"SM{uuid.uuid5(uuid.NAMESPACE_URL, message['token']).hex}",
+                "MessageStatus": "delivered",
+                "To": "+37060000002",
+            }
+            async with httpx.AsyncClient(
+                transport=httpx.ASGITransport(app=service.app), base_url="http://notify"
+            ) as http:
+                forged = await http.post(
+                    "/v1/callbacks/sms/status",
+                    data=callback,
+                    headers={"X-Twilio-Signature": "Zm9yZ2Vk"},
+                )
+                signed = await http.post(
+                    "/v1/callbacks/sms/status",
+                    data=callback,
+                    headers={
+                        "X-Twilio-Signature": twilio_signature(
+                            token, f"{public}/v1/callbacks/sms/status", callback
+                        )
+                    },
+                )
+            assert forged.status_code == 401
+            assert signed.status_code == 200
+            (delivered,) = await notifications(service, reachable)
+            assert delivered["status"] == "delivered"
+            events = values_of(
+                await read_topic(
+                    endpoints.bootstrap, NOTIFICATIONS.full_name(topic_prefix), at_least=5
+                )
+            )
+    finally:
+        provider.close()
+    states = sorted((e["data"]["profile_id"], e["type"].rsplit(".", 1)[1]) for e in events)
+    assert states == sorted(
+        [
+            (reachable, "requested"),
+            (reachable, "sent"),
+            (reachable, "delivered"),
+            (invalid, "requested"),
+            (invalid, "failed"),
+        ]
+    )
+
+
+async def test_a_marketing_email_carries_a_one_click_unsubscribe_that_goes_through_ingest(
+    endpoints: Endpoints,
+    topic_prefix: str,
+    databases: Databases,
+    smtp: tuple[Inbox, int],
+    tmp_path: Path,
+) -> None:
+    inbox, port = smtp
+    ingest = ServiceProcess(
+        "crm_ingest", service_env(endpoints, topic_prefix), free_port(), tmp_path / "ingest.log"
+    )
+    ingest.start()
+    clock = ManualClock(NOW)
+    tag = uuid.uuid4().hex[:6]
+    ana, address = f"p-ana-{tag}", f"ana-{tag}@example.org"
+    public = "https://notify.example.org"
+    settings = service_settings(
+        NotifySettings,
+        endpoints,
+        topic_prefix,
+        await databases.create("notify"),
+        timer_poll_interval_s=0.05,
+        smtp_port=port,
+        ingest_url=ingest.url,
+        public_base_url=public,
+    )
+    service = build(settings, clock=clock)
+    try:
+        await ingest.wait_ready()
+        async with running(service):
+            await send_to(
+                endpoints,
+                PROFILES.full_name(topic_prefix),
+                [person(ana, address, consents=[("marketing", "email")])],
+            )
+            await send_to(
+                endpoints,
+                LOYALTY.full_name(topic_prefix),
+                [loyalty_event("segment_changed", ana, segment="at-risk", entered=True)],
+            )
+            (sent,) = await settled(service, ana, 1)
+            assert sent["status"] == "sent"
+            (email,) = inbox.to(address)
+            assert email["List-Unsubscribe-Post"] == "List-Unsubscribe=One-Click"
+            link = str(email["List-Unsubscribe"]).strip("<>")
+            assert link.startswith(f"{public}/v1/unsubscribe?token=")
+            assert link in email.get_body(("plain",)).get_content()  # type: ignore[union-attr]
+            path = link.removeprefix(public)
+            async with httpx.AsyncClient(
+                transport=httpx.ASGITransport(app=service.app), base_url="http://notify"
+            ) as http:
+                page = await http.get(path)
+                clicks = [
+                    await http.post(path, content=b"List-Unsubscribe=One-Click") for _ in range(2)
+                ]
+                forged = await http.post(path[:-3] + "abc")
+            touchpoints = values_of(
+                await read_topic(
+                    endpoints.bootstrap, TOUCHPOINTS.full_name(topic_prefix), at_least=2
+                )
+            )
+    finally:
+        ingest.stop()
+    assert page.status_code == 200
+    assert '<form method="post">' in page.text
+    assert [c.status_code for c in clicks] == [200, 200]
+    assert "You are unsubscribed" in clicks[0].text
+    assert forged.status_code == 404
+    assert len(touchpoints) == 2
+    assert touchpoints[0]["id"] == touchpoints[1]["id"], "two clicks are one event"
+    assert touchpoints[0]["type"] == "crm.touchpoint.email.unsubscribed"
+    assert touchpoints[0]["data"]["identities"] == {"email": address}
+    assert touchpoints[0]["data"]["purpose"] == "marketing"
+    assert touchpoints[0]["data"]["message_id"] == f"<{sent['notification_id']}@crm-notify>"
+
+
+async def test_a_merged_away_profiles_reminder_goes_to_the_survivor_once(
+    endpoints: Endpoints, topic_prefix: str, databases: Databases, smtp: tuple[Inbox, int]
+) -> None:
+    inbox, port = smtp
+    clock = ManualClock(NOW)
+    tag = uuid.uuid4().hex[:6]
+    merged, survivor, alone = f"p-merged-{tag}", f"p-survivor-{tag}", f"p-alone-{tag}"
+    consent = [("marketing", "email")]
+    service = notify(endpoints, topic_prefix, await databases.create("notify"), port, clock)
+    async with running(service):
+        profiles = PROFILES.full_name(topic_prefix)
+        await send_to(
+            endpoints,
+            profiles,
+            [
+                person(who, f"{who}@example.org", consents=consent)
+                for who in (merged, survivor, alone)
+            ],
+        )
+        # The merged-away profile's cart is the later one: its reminder waits longest.
+        carts = [
+            touchpoint("web.cart_updated", who, cart_id=f"c-{who}") for who in (survivor, alone)
+        ]
+        late = touchpoint("web.cart_updated", merged, cart_id=f"c-{merged}")
+        late["time"] = NOW.isoformat()
+        await publish(endpoints, topic_prefix, [*carts, late])
+
+        async def three_wait() -> bool:
+            for who in (merged, survivor, alone):
+                if [n["status"] for n in await notifications(service, who)] != ["waiting"]:
+                    return False
+            return True
+
+        await wait_until(three_wait, what="a waiting reminder for each cart")
+        await send_to(
+            endpoints,
+            profiles,
+            [person(merged, f"{merged}@example.org", version=2, merged_into=survivor)],
+        )
+
+        async def merged_seen() -> bool:
+            pool = service.app.state.runtime.db
+            return bool(
+                await pool.fetchval(
+                    "SELECT merged_into IS NOT NULL FROM profile_replica WHERE profile_id = $1",
+                    merged,
+                )
+            )
+
+        await wait_until(merged_seen, what="the merge in notify's replica")
+        clock.advance(timedelta(hours=4, minutes=1))
+        (to_survivor,) = await settled(service, survivor, 1)
+        (to_merged,) = await settled(service, merged, 1)
+        await settled(service, alone, 1)
+
+    assert to_survivor["status"] == "sent"
+    assert (to_merged["status"], to_merged["reason"]) == (
+        "suppressed",
+        f"duplicate: merged into {survivor}, who has it",
+    )
+    assert len(inbox.to(f"{survivor}@example.org")) == 1
+    assert inbox.to(f"{merged}@example.org") == []
+    assert len(inbox.to(f"{alone}@example.org")) == 1
+
+
+async def test_an_address_the_server_refuses_fails_at_once_and_is_reported_as_bounced(
+    endpoints: Endpoints, topic_prefix: str, databases: Databases, smtp: tuple[Inbox, int]
+) -> None:
+    _, port = smtp
+    clock = ManualClock(NOW)
+    tag = uuid.uuid4().hex[:6]
+    who, address = f"p-gone-{tag}", f"bounce-{tag}@example.org"
+    service = notify(endpoints, topic_prefix, await databases.create("notify"), port, clock)
+    async with running(service):
+        await send_to(endpoints, PROFILES.full_name(topic_prefix), [person(who, address)])
+        await publish(endpoints, topic_prefix, [touchpoint("web.signed_up", who)])
+        (failed,) = await settled(service, who, 1)
+        bounces = values_of(
+            await read_topic(endpoints.bootstrap, TOUCHPOINTS.full_name(topic_prefix), at_least=1)
+        )
+    assert (failed["status"], failed["attempts"]) == ("failed", 1)
+    assert failed["reason"] == "smtp: recipient refused [550]"
+    (bounce,) = bounces
+    assert bounce["type"] == "crm.touchpoint.email.bounced"
+    assert bounce["data"]["identities"] == {"email": address}
+    assert bounce["data"]["bounce_type"] == "hard"
+    assert bounce["data"]["message_id"] == f"<{failed['notification_id']}@crm-notify>"

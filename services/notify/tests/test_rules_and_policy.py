@@ -8,6 +8,7 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
+from crm_notify.calendar import add_business_days
 from crm_notify.policy import Address, Customer, History, Send, Suppress, Wait, decide, quiet_until
 from crm_notify.rules import EXAMPLE_RULES, QuietHours, RulesError, load_rules, parse_rules
 from crm_notify.templates import choose_language, render
@@ -122,9 +123,7 @@ def test_marketing_needs_consent_for_its_purpose_on_the_channel() -> None:
     trigger = RULES.trigger("win-back")
     assert trigger is not None
     refused = decide(RULES, trigger, customer(), History(), NOON)
-    assert refused == Suppress(
-        "email: no consent for marketing; sms: no phone address; in_app: no consent for marketing"
-    )
+    assert refused == Suppress("email: no consent for marketing; sms: no phone address")
     consented = customer(consents={("marketing", "email"): True})
     assert decide(RULES, trigger, consented, History(), NOON) == Send("email", "ana@example.org")
     survey = RULES.trigger("csat-survey")
@@ -134,7 +133,7 @@ def test_marketing_needs_consent_for_its_purpose_on_the_channel() -> None:
 
 
 def test_transactional_goes_unless_the_address_is_unreachable_then_falls_back() -> None:
-    trigger = RULES.trigger("welcome")
+    trigger = RULES.trigger("points-expiring")
     assert trigger is not None
     assert decide(RULES, trigger, customer(), History(), NOON) == Send("email", "ana@example.org")
     bounced = customer(
@@ -148,6 +147,16 @@ def test_transactional_goes_unless_the_address_is_unreachable_then_falls_back() 
         emails=[Address("ana@example.org", deliverable=False, marketing=False, reason="bounced")]
     )
     assert decide(RULES, trigger, no_phone, History(), NOON) == Send("in_app", None)
+    unsubscribed = customer(
+        emails=[
+            Address("ana@example.org", deliverable=True, marketing=False, reason="unsubscribed")
+        ]
+    )
+    welcome = RULES.trigger("welcome")
+    assert welcome is not None
+    assert decide(RULES, welcome, unsubscribed, History(), NOON) == Suppress(
+        "email: unreachable (unsubscribed); sms: no phone address"
+    )
 
 
 def test_an_acquisition_offer_never_goes_to_a_member() -> None:
@@ -164,11 +173,14 @@ def test_an_acquisition_offer_never_goes_to_a_member() -> None:
 def test_a_full_cap_moves_to_the_next_channel() -> None:
     trigger = RULES.trigger("win-back")
     assert trigger is not None
-    person = customer(consents={("marketing", "email"): True, ("marketing", "in_app"): True})
+    person = customer(
+        consents={("marketing", "email"): True, ("marketing", "sms"): True},
+        phones=[Address("+37060000000", deliverable=True, marketing=True)],
+    )
     two_this_week = History(
         {("marketing", "email"): [NOON - timedelta(days=1), NOON - timedelta(days=6)]}
     )
-    assert decide(RULES, trigger, person, two_this_week, NOON) == Send("in_app", None)
+    assert decide(RULES, trigger, person, two_this_week, NOON) == Send("sms", "+37060000000")
     one_long_ago = History(
         {("marketing", "email"): [NOON - timedelta(days=1), NOON - timedelta(days=8)]}
     )
@@ -200,3 +212,64 @@ def test_quiet_hours_over_midnight_and_across_a_clock_change() -> None:
     assert quiet_until(datetime(2026, 3, 28, 22, tzinfo=UTC), vilnius, quiet) == datetime(
         2026, 3, 29, 5, tzinfo=UTC
     )
+
+
+def test_business_days_skip_weekends_and_the_countrys_holidays() -> None:
+    vilnius = ZoneInfo("Europe/Vilnius")
+    friday = datetime(2026, 11, 20, 13, tzinfo=UTC)  # 15:00 in Vilnius
+    assert add_business_days(friday, 2, vilnius, None) == datetime(2026, 11, 24, 13, tzinfo=UTC)
+    saturday = datetime(2026, 11, 21, 9, tzinfo=UTC)
+    assert add_business_days(saturday, 2, vilnius, "LT") == datetime(2026, 11, 24, 9, tzinfo=UTC)
+    # 24, 25 and 26 December are public holidays in Lithuania.
+    before_christmas = datetime(2026, 12, 23, 13, tzinfo=UTC)
+    assert add_business_days(before_christmas, 2, vilnius, "LT") == datetime(
+        2026, 12, 29, 13, tzinfo=UTC
+    )
+    assert add_business_days(before_christmas, 2, vilnius, None) == datetime(
+        2026, 12, 25, 13, tzinfo=UTC
+    )
+
+
+def test_a_task_trigger_needs_the_tasks_section() -> None:
+    start = EXAMPLE.index("tasks:")
+    end = EXAMPLE.index("triggers:")
+    refused = refusal(EXAMPLE[:start] + EXAMPLE[end:])
+    assert "triggers.7.category: a task needs the `tasks` section" in refused.reason
+
+
+def test_addresses_are_the_profiles_identifiers_with_their_health() -> None:
+    snapshot = {
+        "profile_id": "p-1",
+        "identifiers": [
+            {"kind": "customer_id", "value": "c-1"},
+            {"kind": "email", "value": "old@example.org"},
+            {"kind": "email", "value": "new@example.org"},
+            {"kind": "phone", "value": "+37060000000"},
+        ],
+        "contact_points": [
+            {
+                "channel": "email",
+                "address": "old@example.org",
+                "deliverable": False,
+                "deliverable_reason": "bounced",
+                "marketing": False,
+            },
+            {
+                "channel": "email",
+                "address": "gone@example.org",
+                "deliverable": True,
+                "marketing": True,
+            },
+        ],
+        "memberships": [{"program": "club", "member": True, "source_event_id": "e-1"}],
+    }
+    made = Customer.of_snapshot(snapshot, frozenset({"aurora-rewards"}))
+    assert made.emails == [
+        Address("old@example.org", deliverable=False, marketing=False, reason="bounced"),
+        Address("new@example.org", deliverable=True, marketing=True),
+    ]
+    assert made.phones == [Address("+37060000000", deliverable=True, marketing=True)]
+    assert made.members_of == {"aurora-rewards", "club"}
+    trigger = RULES.trigger("welcome")
+    assert trigger is not None
+    assert decide(RULES, trigger, made, History(), NOON) == Send("email", "new@example.org")

@@ -62,10 +62,13 @@ class ServiceSettings(BaseSettings):
     log_json: bool | None = Field(
         default=None, description="JSON logs; by default JSON unless stderr is a terminal"
     )
-    fault_crash_point: Literal["after_db_commit", "after_outbox_publish"] | None = Field(
-        default=None,
-        description="test hook: SIGKILL this process at that point of the next record "
-        "(refused in production)",
+    fault_crash_point: Literal["after_db_commit", "after_outbox_publish", "after_send"] | None = (
+        Field(
+            default=None,
+            description="test hook: SIGKILL this process at that point of the next record, or "
+            "(notify, after_send) once a message went out and before that is recorded "
+            "(refused in production)",
+        )
     )
 
     @model_validator(mode="after")

@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-from crm_notify.api import router
+from crm_notify.api import callbacks, public, router
 from crm_notify.handlers import (
     deliver_timers,
     loyalty_effects,
     profile_effects,
     touchpoint_effects,
 )
-from crm_notify.rules import Rules, load_rules
+from crm_notify.rules import Rules, RulesError, load_rules
 from crm_notify.settings import NotifySettings
 from crm_shared import replica, timers
 from crm_shared.consumer import decode_json_event, decode_resolved_touchpoint
@@ -35,7 +35,12 @@ def build(
     """The service; a RulesError when the rules file is bad. Tests pass a clock to move time
     for the timers."""
     settings = settings or NotifySettings()
-    rules = rules or load_rules(settings.rules_path())
+    path = settings.rules_path()
+    rules = rules or load_rules(path)
+    if rules.tasks is not None and rules.tasks.deliver == "webhook" and not settings.webhook_url:
+        raise RulesError(
+            str(path), None, "tasks.deliver is webhook, and CRM_WEBHOOK_URL is not set"
+        )
     service = Service(
         settings,
         title="crm notify",
@@ -57,6 +62,8 @@ def build(
     service.consume("notify.profiles", PROFILES, replica.decode_profile_record, profile_effects)
     service.run_timers(deliver_timers(rules, settings))
     service.app.include_router(router)
+    service.app.include_router(callbacks)
+    service.app.include_router(public)
     return service
 
 

@@ -4,15 +4,32 @@ Email goes over SMTP (aiosmtplib). Each message's `Message-ID` is fixed by its n
 a message sent again after a crash (SMTP has no idempotency key) carries the same id, which
 mail systems that deduplicate can use. A 5xx answer is a permanent failure (no retry); a 4xx,
 a timeout or a refused connection is a temporary one (retried with backoff).
+
+SMS goes through Twilio's Messages API (or any provider speaking it): a form POST with basic
+auth, `I-Twilio-Idempotency-Token` set to the notification id, so a retry after a crash is
+one message, and a `StatusCallback` that notify's callback endpoint turns into `delivered` or
+`failed`. A 400 is the message's own fault (an invalid or opted-out number): permanent.
+
+Webhooks POST JSON, signed: `X-CRM-Signature: v1=<hex HMAC-SHA256 of "<timestamp>.<body>">`
+with the shared secret, and `X-CRM-Timestamp` (Unix seconds), so the receiver can refuse a
+forged or replayed call. `Idempotency-Key` is the notification id: a retry after a crash is
+the same call, which the receiver can drop. 2xx is delivered; 408, 429, 5xx and network
+errors are retried; any other 4xx is a permanent failure.
 """
 
 from __future__ import annotations
 
+import hashlib
+import hmac
+import time
 from dataclasses import dataclass
 from email.message import EmailMessage
 from email.utils import formataddr, formatdate
+from typing import Any
 
 import aiosmtplib
+import httpx
+import orjson
 
 from crm_notify.rules import Sender
 from crm_notify.settings import NotifySettings
@@ -20,10 +37,12 @@ from crm_notify.templates import Rendered
 
 
 class DeliveryFailed(Exception):
-    def __init__(self, reason: str, *, permanent: bool) -> None:
+    def __init__(self, reason: str, *, permanent: bool, bounced: bool = False) -> None:
         super().__init__(reason)
         self.reason = reason
         self.permanent = permanent
+        self.bounced = bounced
+        """The receiving server refused the address itself (a hard bounce)."""
 
 
 @dataclass(frozen=True)
@@ -77,7 +96,9 @@ class SmtpSender:
         except aiosmtplib.SMTPRecipientsRefused as exc:
             codes = [r.code for r in exc.recipients]
             permanent = all(500 <= code < 600 for code in codes)
-            raise DeliveryFailed(f"smtp: recipient refused {codes}", permanent=permanent) from exc
+            raise DeliveryFailed(
+                f"smtp: recipient refused {codes}", permanent=permanent, bounced=permanent
+            ) from exc
         except aiosmtplib.SMTPResponseException as exc:
             raise DeliveryFailed(
                 f"smtp: {exc.code} {exc.message}"[:500], permanent=500 <= exc.code < 600
@@ -87,3 +108,89 @@ class SmtpSender:
                 f"smtp: {type(exc).__name__}: {exc}"[:500], permanent=False
             ) from exc
         return email.message_id
+
+
+def signature(secret: bytes, timestamp: str, body: bytes) -> str:
+    return "v1=" + hmac.new(secret, timestamp.encode() + b"." + body, hashlib.sha256).hexdigest()
+
+
+class WebhookSender:
+    def __init__(self, url: str, secret: bytes, timeout_s: float) -> None:
+        self._url = url
+        self._secret = secret
+        self._client = httpx.AsyncClient(timeout=timeout_s)
+
+    async def post(self, notification_id: str, payload: dict[str, Any]) -> str:
+        body = orjson.dumps(payload)
+        timestamp = str(int(time.time()))
+        headers = {
+            "Content-Type": "application/json",
+            "X-CRM-Timestamp": timestamp,
+            "X-CRM-Signature": signature(self._secret, timestamp, body),
+            "Idempotency-Key": notification_id,
+        }
+        try:
+            answer = await self._client.post(self._url, content=body, headers=headers)
+        except httpx.HTTPError as exc:
+            raise DeliveryFailed(
+                f"webhook: {type(exc).__name__}: {exc}"[:500], permanent=False
+            ) from exc
+        if answer.is_success:
+            return notification_id
+        retry = answer.status_code in (408, 429) or answer.status_code >= 500
+        raise DeliveryFailed(f"webhook: HTTP {answer.status_code}", permanent=not retry)
+
+    async def close(self) -> None:
+        await self._client.aclose()
+
+
+class SmsSender:
+    """Twilio's Messages API: POST /2010-04-01/Accounts/{sid}/Messages.json."""
+
+    def __init__(
+        self,
+        api_url: str,
+        account_sid: str,
+        auth_token: str,
+        sender: str,
+        status_callback: str | None,
+        timeout_s: float,
+    ) -> None:
+        self._url = f"{api_url.rstrip('/')}/2010-04-01/Accounts/{account_sid}/Messages.json"
+        self._auth = (account_sid, auth_token)
+        self._sender = sender
+        self._callback = status_callback
+        self._client = httpx.AsyncClient(timeout=timeout_s)
+
+    async def send(self, notification_id: str, to: str, body: str) -> str:
+        """Send; returns the provider's message id (its `sid`)."""
+        form = {"To": to, "From": self._sender, "Body": body}
+        if self._callback:
+            form["StatusCallback"] = self._callback
+        try:
+            answer = await self._client.post(
+                self._url,
+                data=form,
+                auth=self._auth,
+                headers={"I-Twilio-Idempotency-Token": notification_id},
+            )
+        except httpx.HTTPError as exc:
+            raise DeliveryFailed(
+                f"sms: {type(exc).__name__}: {exc}"[:500], permanent=False
+            ) from exc
+        if answer.is_success:
+            sid = answer.json().get("sid")
+            if not isinstance(sid, str) or not sid:
+                raise DeliveryFailed("sms: the provider's answer has no sid", permanent=False)
+            return sid
+        detail = ""
+        try:
+            problem = answer.json()
+            detail = f" {problem.get('code')}: {problem.get('message')}"
+        except ValueError:
+            pass
+        reason = f"sms: HTTP {answer.status_code}{detail}"[:500]
+        raise DeliveryFailed(reason, permanent=answer.status_code == 400)
+
+    async def close(self) -> None:
+        await self._client.aclose()

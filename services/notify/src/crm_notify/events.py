@@ -7,7 +7,13 @@ from datetime import datetime
 from typing import Any, Literal
 
 from crm_notify.store import NotificationRow
-from crm_shared.contracts import NOTIFICATION_ADAPTER, NOTIFICATIONS, derived_event_id
+from crm_shared.contracts import (
+    NOTIFICATION_ADAPTER,
+    NOTIFICATIONS,
+    TOUCHPOINT_ADAPTER,
+    TOUCHPOINTS,
+    derived_event_id,
+)
 from crm_shared.kafka import OutgoingRecord
 from crm_shared.outbox import event_record
 
@@ -41,3 +47,27 @@ def notification_event(
         }
     )
     return event_record(NOTIFICATIONS.full_name(prefix), row.profile_id, event)
+
+
+def bounce_touchpoint(prefix: str, row: NotificationRow, at: datetime) -> OutgoingRecord:
+    """What notify saw itself, told to profile as any channel would: the receiving server
+    refused the address (a hard bounce), so profile marks it undeliverable."""
+    assert row.address is not None
+    event = TOUCHPOINT_ADAPTER.validate_python(
+        {
+            "specversion": "1.0",
+            "id": derived_event_id("notify-bounce", row.notification_id),
+            "source": "crm-notify",
+            "type": "crm.touchpoint.email.bounced",
+            "time": at,
+            "data": {
+                "channel": "email",
+                "identities": {"email": row.address},
+                "message_id": f"<{row.notification_id}@crm-notify>",
+                "bounce_type": "hard",
+                "reason": (row.reason or "")[:1024] or None,
+            },
+        },
+        strict=False,
+    )
+    return event_record(TOUCHPOINTS.full_name(prefix), f"email:{row.address}", event)

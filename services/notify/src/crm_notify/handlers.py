@@ -14,22 +14,35 @@ message goes again, with the same Message-ID (email) — at most one duplicate p
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import os
+import signal
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import replace
 from datetime import datetime, timedelta
 from typing import Any
+from zoneinfo import ZoneInfo
 
 from crm_notify import store
-from crm_notify.delivery import DeliveryFailed, Email, SmtpSender
-from crm_notify.events import State, notification_event
-from crm_notify.policy import Customer, History, Send, Suppress, Wait, decide
+from crm_notify.calendar import add_business_days
+from crm_notify.delivery import DeliveryFailed, Email, SmsSender, SmtpSender, WebhookSender
+from crm_notify.events import State, bounce_touchpoint, notification_event
+from crm_notify.metrics import (
+    DELIVERY_SECONDS,
+    NOTIFICATIONS,
+    QUEUE_DEPTH,
+    SUPPRESSED,
+    reason_kind,
+)
+from crm_notify.policy import Customer, History, Suppress, Wait, decide
 from crm_notify.rules import Rules, Trigger
 from crm_notify.settings import NotifySettings
 from crm_notify.store import NotificationRow
-from crm_notify.templates import render
+from crm_notify.templates import Rendered, render
+from crm_notify.unsubscribe import Unsubscribe, token_for
 from crm_shared import replica
 from crm_shared.contracts import CloudEvent, TouchpointEnvelope, derived_event_id
-from crm_shared.database import DbConnection, try_lock_keys
+from crm_shared.contracts.touchpoints import contact_direction
+from crm_shared.database import DbConnection, after_commit, try_lock_keys
 from crm_shared.kafka import OutgoingRecord
 from crm_shared.logging import get_logger
 from crm_shared.service import Runtime
@@ -38,8 +51,6 @@ from crm_shared.timers import Fire, Timer, schedule
 log = get_logger(__name__)
 
 DELIVER = "deliver"
-DELIVERS = frozenset({"email", "in_app"})
-"""The channels with a delivery adapter in this build."""
 MERGE_HOPS = 16
 """How far a chain of merged profiles is followed (profile keeps chains one step long)."""
 
@@ -54,6 +65,17 @@ class Emitter:
 
     def emit(self, state: State, row: NotificationRow, at: datetime) -> None:
         self.records.append(notification_event(self.prefix, self.source, state, row, at))
+        channel, reason = row.channel or "none", row.reason
+        waited = (at - row.due_at).total_seconds()
+
+        def count() -> None:
+            NOTIFICATIONS.labels(state, channel).inc()
+            if state == "suppressed":
+                SUPPRESSED.labels(reason_kind(reason)).inc()
+            if state == "sent":
+                DELIVERY_SECONDS.labels(channel).observe(max(waited, 0.0))
+
+        after_commit(count)
 
 
 def dedupe_key(trigger: Trigger, profile_id: str, cause_source: str, cause_id: str) -> str:
@@ -69,27 +91,37 @@ def rekeyed(row: NotificationRow, profile_id: str) -> str:
     return f"{trigger}:{profile_id}:{occurrence}"
 
 
+def first_due(rules: Rules, trigger: Trigger, cause_time: datetime) -> datetime:
+    """When a trigger's notification is due, from the time of the event that started it."""
+    due = cause_time + timedelta(minutes=trigger.delay_minutes)
+    if trigger.delay_business_days:
+        days = rules.business_days
+        zone = ZoneInfo(days.timezone or rules.timezone)
+        due = add_business_days(due, trigger.delay_business_days, zone, days.country)
+    return due
+
+
 async def open_notification(
     conn: DbConnection,
     out: Emitter,
+    rules: Rules,
     trigger: Trigger,
     profile_id: str,
     cause: CloudEvent[Any],
     now: datetime,
 ) -> None:
     context = cause.data.model_dump(mode="json", exclude_none=True)
-    due = max(cause.time + timedelta(minutes=trigger.delay_minutes), now)
-    if trigger.occurrence == "pending":
+    due = max(first_due(rules, trigger, cause.time), now)
+    if trigger.occurrence in ("pending", "first"):
         for row in await store.waiting(conn, profile_id, [trigger.name]):
-            # One waits at a time: a later event moves it, with the later event's facts.
-            row.context, row.due_at, row.updated_at = context, due, now
-            row.cause_source, row.cause_event_id, row.cause_time = (
-                cause.source,
-                cause.id,
-                cause.time,
-            )
-            await store.save(conn, row)
-            await schedule(conn, DELIVER, [(row.notification_id, due)])
+            # One waits at a time. `pending`: a later event moves it, with its facts;
+            # `first`: the first event's clock keeps running (an unanswered call stays so).
+            if trigger.occurrence == "pending":
+                row.context, row.due_at, row.updated_at = context, due, now
+                row.cause_source, row.cause_event_id = cause.source, cause.id
+                row.cause_time = cause.time
+                await store.save(conn, row)
+                await schedule(conn, DELIVER, [(row.notification_id, due)])
             return
     key = dedupe_key(trigger, profile_id, cause.source, cause.id)
     row = NotificationRow(
@@ -130,9 +162,19 @@ async def open_notification(
 
 
 async def cancel(
-    conn: DbConnection, out: Emitter, triggers: list[str], profile_id: str, why: str, now: datetime
+    conn: DbConnection,
+    out: Emitter,
+    triggers: list[str],
+    profile_id: str,
+    why: str,
+    now: datetime,
+    cause_time: datetime,
 ) -> None:
+    """Cancel the profile's waiting notifications of `triggers` that an event at `cause_time`
+    answers (those started by something later stay)."""
     for row in await store.waiting(conn, profile_id, triggers):
+        if row.cause_time > cause_time:
+            continue
         row.status, row.reason, row.updated_at = "cancelled", why, now
         await store.save(conn, row)
         await schedule(conn, DELIVER, [(row.notification_id, None)])
@@ -152,12 +194,20 @@ def touchpoint_effects(rules: Rules) -> Any:
             now = runtime.clock.now()
             out = Emitter(runtime)
             action = event.action
-            cancelling = [t.name for t in rules.triggers if action in t.cancelled_by]
+            way = contact_direction(event)
+            cancelling = [
+                t.name
+                for t in rules.triggers
+                if action in t.cancelled_by or (way is not None and t.cancelled_by_contact == way)
+            ]
             if cancelling:
-                await cancel(conn, out, cancelling, profile_id, f"cancelled by {action}", now)
+                why = f"cancelled by {event.type.removeprefix('crm.touchpoint.')}"
+                await cancel(conn, out, cancelling, profile_id, why, now, event.time)
             for trigger in rules.triggers:
-                if trigger.when.touchpoint == action and trigger.when.matches(event.data):
-                    await open_notification(conn, out, trigger, profile_id, event, now)
+                if (trigger.when.touchpoint == action and trigger.when.matches(event.data)) or (
+                    way is not None and trigger.when.contact == way
+                ):
+                    await open_notification(conn, out, rules, trigger, profile_id, event, now)
             return out.records
 
         return apply
@@ -183,7 +233,7 @@ def loyalty_effects(rules: Rules) -> Any:
             out = Emitter(runtime)
             for trigger in rules.triggers:
                 if trigger.when.loyalty == kind and trigger.when.matches(event.data):
-                    await open_notification(conn, out, trigger, profile_id, event, now)
+                    await open_notification(conn, out, rules, trigger, profile_id, event, now)
             return out.records
 
         return apply
@@ -204,6 +254,29 @@ def profile_effects(_: Runtime) -> Any:
 
 def deliver_timers(rules: Rules, settings: NotifySettings) -> Any:
     email = SmtpSender(settings, rules.sender)
+    sms = (
+        SmsSender(
+            settings.sms_api_url,
+            settings.sms_account_sid or "",
+            settings.sms_auth_token.get_secret_value() if settings.sms_auth_token else "",
+            settings.sms_from or "",
+            settings.sms_status_callback(),
+            settings.webhook_timeout_s,
+        )
+        if settings.sms_api_url
+        else None
+    )
+    delivers = frozenset({"email", "in_app"} | ({"sms"} if sms is not None else set()))
+    webhook = (
+        WebhookSender(
+            settings.webhook_url,
+            settings.webhook_secret.get_secret_value().encode() if settings.webhook_secret else b"",
+            settings.webhook_timeout_s,
+        )
+        if settings.webhook_url
+        else None
+    )
+    unsubscribe_secret = settings.unsubscribe_secret.get_secret_value().encode()
     profile_wait = timedelta(seconds=settings.profile_wait_s)
     stale_after = timedelta(seconds=settings.stale_after_s)
     longest_cap = timedelta(days=max((c.per_days for c in rules.caps), default=1))
@@ -237,106 +310,192 @@ def deliver_timers(rules: Rules, settings: NotifySettings) -> Any:
                     DELIVER,
                     [(row.notification_id, row.due_at if row.status == "waiting" else None)],
                 )
+            depth = await conn.fetchval(
+                "SELECT count(*) FROM timers WHERE kind = $1 AND due_at <= $2", DELIVER, now
+            )
+            after_commit(lambda: QUEUE_DEPTH.set(depth))
             return out.records, handled
 
         async def attempt(
             conn: DbConnection, out: Emitter, row: NotificationRow, now: datetime
         ) -> None:
-            def finish(status: str, reason: str | None) -> None:
-                row.status, row.reason, row.updated_at = status, reason, now
-                if status == "suppressed":
-                    out.emit("suppressed", row, now)
-                elif status == "failed":
-                    out.emit("failed", row, now)
+            def suppress(reason: str) -> None:
+                row.status, row.reason, row.updated_at = "suppressed", reason, now
+                out.emit("suppressed", row, now)
 
             trigger = rules.trigger(row.trigger)
             if trigger is None:
-                return finish("suppressed", f"trigger {row.trigger!r} is no longer in the rules")
-            first_due = row.cause_time + timedelta(minutes=trigger.delay_minutes)
-            if now - first_due > stale_after:
-                return finish("suppressed", f"stale: due at {first_due.isoformat()}")
+                return suppress(f"trigger {row.trigger!r} is no longer in the rules")
+            due = first_due(rules, trigger, row.cause_time)
+            if now - due > stale_after:
+                return suppress(f"stale: due at {due.isoformat()}")
             found = await follow_merges(conn, row.profile_id)
             if found is None:
                 if now - row.created_at < profile_wait:
                     row.due_at = now  # looked at again next round
-                    return
-                return finish("suppressed", "no such profile (unknown or erased)")
+                    return None
+                return suppress("no such profile (unknown or erased)")
             survivor, snapshot = found
             if survivor != row.profile_id:
                 key = rekeyed(row, survivor)
-                if await store.live_key_taken(conn, key, row.notification_id):
-                    return finish("suppressed", f"duplicate: merged into {survivor}, who has it")
+                one_waits = trigger.occurrence in ("pending", "first")
+                if await store.live_key_taken(conn, key, row.notification_id) or (
+                    one_waits and await store.overlapping(conn, row, survivor)
+                ):
+                    return suppress(f"duplicate: merged into {survivor}, who has it")
                 row.profile_id, row.dedupe_key = survivor, key
             members = await store.loyalty_members(conn, [survivor])
-            customer = Customer.of_snapshot(
-                snapshot,
-                frozenset({rules.loyalty_program})
-                if rules.loyalty_program and members
-                else frozenset(),
-            )
+            programs = frozenset({rules.loyalty_program}) if rules.loyalty_program else frozenset()
+            customer = Customer.of_snapshot(snapshot, programs if members else frozenset())
             behind = customer.last_seen is None or customer.last_seen < row.cause_time
             # The profile's snapshot after the touchpoint may not have reached the replica yet.
             young = now - row.created_at < profile_wait
-            if trigger.when.touchpoint is not None and behind and young:
+            if trigger.when.loyalty is None and behind and young:
                 row.due_at = now  # looked at again next round
-                return
+                return None
+            context: dict[str, Any] = {
+                "profile": customer.traits,
+                "event": row.context,
+                "trigger": trigger.name,
+            }
+            if trigger.category == "task":
+                return await send_task(out, row, trigger, customer, context, now)
             history = History(await store.history(conn, survivor, now - longest_cap))
-            decision = decide(rules, trigger, customer, history, now, DELIVERS)
+            decision = decide(rules, trigger, customer, history, now, delivers)
             if isinstance(decision, Suppress):
-                return finish("suppressed", decision.reason)
+                return suppress(decision.reason)
             if isinstance(decision, Wait):
                 row.due_at, row.reason, row.updated_at = decision.until, decision.reason, now
-                return
-            await send(conn, out, row, trigger, customer, decision, now)
+                return None
+            address = decision.address
+            headers: tuple[tuple[str, str], ...] = ()
+            if trigger.category == "marketing" and decision.channel == "email":
+                assert address is not None
+                token = token_for(
+                    Unsubscribe(row.profile_id, address, trigger.purpose, row.notification_id),
+                    unsubscribe_secret,
+                )
+                link = f"{settings.public_url()}/v1/unsubscribe?token={token}"
+                context["unsubscribe_url"] = link
+                headers = (
+                    ("List-Unsubscribe", f"<{link}>"),
+                    ("List-Unsubscribe-Post", "List-Unsubscribe=One-Click"),
+                )
+            rendered = rendering(out, row, trigger, customer.language(), context, now)
+            if rendered is None:
+                return None
+            if headers and context["unsubscribe_url"] not in rendered.text:
+                footer = f"\n\n--\nTo stop these emails: {context['unsubscribe_url']}\n"
+                rendered = replace(rendered, text=rendered.text.rstrip("\n") + footer)
 
-        async def send(
-            conn: DbConnection,
+            async def deliver() -> str | None:
+                if decision.channel == "in_app":
+                    subject, text = rendered.subject, rendered.text
+                    await store.add_to_inbox(
+                        conn, row.notification_id, row.profile_id, subject, text, now
+                    )
+                    return None
+                assert address is not None
+                if decision.channel == "sms":
+                    assert sms is not None
+                    return await sms.send(row.notification_id, address, rendered.text)
+                return await email.send(Email(row.notification_id, address, rendered, headers))
+
+            await dispatch(out, row, decision.channel, address, rendered.language, deliver, now)
+            return None
+
+        async def send_task(
             out: Emitter,
             row: NotificationRow,
             trigger: Trigger,
             customer: Customer,
-            decision: Send,
+            context: dict[str, Any],
             now: datetime,
         ) -> None:
-            context = {"profile": customer.traits, "event": row.context, "trigger": trigger.name}
-            rendered = render(rules, trigger.template, customer.language(), context)
-            row.channel, row.address, row.language = (
-                decision.channel,
-                decision.address,
-                rendered.language,
-            )
+            """A task for staff: no consent, caps or quiet hours; in the default language."""
+            tasks = rules.tasks
+            assert tasks is not None  # the rules refuse a task trigger without it
+            rendered = rendering(out, row, trigger, None, context, now)
+            if rendered is None:
+                return
+            owner = customer.traits.get(tasks.owner_trait)
+            if not isinstance(owner, str) or "@" not in owner:
+                owner = tasks.default_owner
+            if tasks.deliver == "email":
+
+                async def by_email() -> str | None:
+                    return await email.send(Email(row.notification_id, owner, rendered))
+
+                await dispatch(out, row, "email", owner, rendered.language, by_email, now)
+                return
+            payload = {
+                "notification_id": row.notification_id,
+                "trigger": trigger.name,
+                "profile_id": row.profile_id,
+                "owner": owner,
+                "subject": rendered.subject,
+                "text": rendered.text,
+                "cause_event_id": row.cause_event_id,
+                "cause_time": row.cause_time.isoformat(),
+                "event": row.context,
+            }
+
+            async def by_webhook() -> str | None:
+                if webhook is None:
+                    raise DeliveryFailed("webhook: CRM_WEBHOOK_URL is not set", permanent=True)
+                return await webhook.post(row.notification_id, payload)
+
+            await dispatch(out, row, "webhook", owner, rendered.language, by_webhook, now)
+
+        def rendering(
+            out: Emitter,
+            row: NotificationRow,
+            trigger: Trigger,
+            language: str | None,
+            context: dict[str, Any],
+            now: datetime,
+        ) -> Rendered | None:
+            """The message, or None when the template fails on these facts: then the
+            notification failed (trying again would fail the same way)."""
+            try:
+                return render(rules, trigger.template, language, context)
+            except Exception as exc:  # a sandbox refusal, a type error on these facts
+                reason = f"template {trigger.template}: {type(exc).__name__}: {exc}"
+                row.status, row.reason, row.updated_at = "failed", reason[:1000], now
+                out.emit("failed", row, now)
+                return None
+
+        async def dispatch(
+            out: Emitter,
+            row: NotificationRow,
+            channel: str,
+            address: str | None,
+            language: str,
+            deliver: Callable[[], Awaitable[str | None]],
+            now: datetime,
+        ) -> None:
+            """Deliver, and record what came of it: sent (in-app: delivered too), a retry
+            after the backoff, or failed."""
+            row.channel, row.address, row.language = channel, address, language
             row.attempts += 1
             try:
-                if decision.channel == "in_app":
-                    await store.add_to_inbox(
-                        conn,
-                        row.notification_id,
-                        row.profile_id,
-                        rendered.subject,
-                        rendered.text,
-                        now,
-                    )
-                    row.provider_id = None
-                elif decision.channel == "email":
-                    assert decision.address is not None
-                    row.provider_id = await email.send(
-                        Email(row.notification_id, decision.address, rendered)
-                    )
-                else:
-                    raise DeliveryFailed(
-                        f"{decision.channel}: no adapter configured", permanent=True
-                    )
+                row.provider_id = await deliver()
+                if settings.fault_crash_point == "after_send":
+                    log.warning("fault injection: SIGKILL after a send", id=row.notification_id)
+                    os.kill(os.getpid(), signal.SIGKILL)
             except DeliveryFailed as failed:
                 row.reason, row.updated_at = failed.reason, now
                 if failed.permanent or row.attempts >= rules.retry.attempts:
                     row.status = "failed"
                     out.emit("failed", row, now)
+                if failed.bounced and channel == "email":
+                    out.records.append(bounce_touchpoint(out.prefix, row, now))
                 else:
                     row.due_at = now + timedelta(seconds=rules.retry.delay_s(row.attempts))
                 log.warning(
                     "delivery failed",
                     notification_id=row.notification_id,
-                    channel=decision.channel,
+                    channel=channel,
                     attempt=row.attempts,
                     permanent=failed.permanent,
                     reason=failed.reason,
@@ -344,7 +503,7 @@ def deliver_timers(rules: Rules, settings: NotifySettings) -> Any:
                 return
             row.status, row.reason, row.sent_at, row.updated_at = "sent", None, now, now
             out.emit("sent", row, now)
-            if decision.channel == "in_app":
+            if channel == "in_app":
                 row.status = "delivered"
                 out.emit("delivered", row, now)
 

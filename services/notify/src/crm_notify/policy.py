@@ -2,11 +2,12 @@
 the customer at the moment it is due.
 
 In order: an acquisition offer never goes to a member of its program; then the channels are
-tried in preference order, each needing a usable address (transactional: deliverable;
-marketing: deliverable, open to marketing and consented for the trigger's purpose on that
-channel) and room under its frequency cap; the first that passes is the channel. Nothing
-passes: the notification is suppressed with every channel's reason. Last, quiet hours in the
-customer's time zone delay it (an in-app message disturbs nobody and is not delayed).
+tried in preference order, each needing a reachable address (not bounced, complained about or
+unsubscribed: profile's `deliverable` and `marketing` flags), for marketing also consent for
+the trigger's purpose on that channel, and room under its frequency cap; the first that
+passes is the channel. Nothing passes: the notification is suppressed with every channel's
+reason. Last, quiet hours in the customer's time zone delay it (an in-app message disturbs
+nobody and is not delayed).
 """
 
 from __future__ import annotations
@@ -28,6 +29,17 @@ class Address:
     """Why it is undeliverable or closed to marketing, when it is."""
 
 
+def _address(value: str, point: dict[str, Any] | None) -> Address:
+    if point is None:
+        return Address(value, deliverable=True, marketing=True)
+    return Address(
+        value,
+        point["deliverable"],
+        point["marketing"],
+        point.get("deliverable_reason") or point.get("marketing_reason"),
+    )
+
+
 @dataclass(frozen=True)
 class Customer:
     """A live profile, as notify's replica of crm.profiles.v1 has it."""
@@ -43,17 +55,17 @@ class Customer:
 
     @classmethod
     def of_snapshot(cls, data: dict[str, Any], members_of: frozenset[str]) -> Customer:
-        """From a stored snapshot's data (JSON form), plus programs known from elsewhere."""
+        """From a stored snapshot's data (JSON form), plus programs known from elsewhere.
+
+        The addresses are the profile's email and phone identifiers; a contact point, when
+        profile has one for the address, says whether it is reachable (none: it is)."""
+        health = {(p["channel"], p["address"]): p for p in data.get("contact_points", [])}
         addresses: dict[str, list[Address]] = {"email": [], "phone": []}
-        for point in data.get("contact_points", []):
-            addresses[point["channel"]].append(
-                Address(
-                    point["address"],
-                    point["deliverable"],
-                    point["marketing"],
-                    point.get("deliverable_reason") or point.get("marketing_reason"),
-                )
-            )
+        for identifier in data.get("identifiers", []):
+            kind, value = identifier["kind"], identifier["value"]
+            if kind not in addresses:
+                continue
+            addresses[kind].append(_address(value, health.get((kind, value))))
         activity = data.get("activity") or {}
         return cls(
             profile_id=data["profile_id"],
@@ -127,19 +139,22 @@ def _channel_refusal(
     now: datetime,
 ) -> tuple[str | None, str | None]:
     """(the address to use, None) or (None, why this channel cannot be used)."""
-    marketing = trigger.category == "marketing"
     address: str | None = None
     if channel != "in_app":
         kind = "email" if channel == "email" else "phone"
         known = customer.emails if channel == "email" else customer.phones
         if not known:
             return None, f"{channel}: no {kind} address"
-        usable = [a for a in known if a.deliverable and (a.marketing or not marketing)]
+        # Unreachable for any message: bounced (not deliverable), or complained about or
+        # unsubscribed (closed to marketing, which profile records with the reason).
+        usable = [a for a in known if a.deliverable and a.marketing]
         if not usable:
             first = known[0]
             return None, f"{channel}: unreachable ({first.reason or 'undeliverable'})"
         address = usable[0].value
-    if marketing and not customer.consents.get((trigger.purpose, channel), False):
+    if trigger.category == "marketing" and not customer.consents.get(
+        (trigger.purpose, channel), False
+    ):
         return None, f"{channel}: no consent for {trigger.purpose}"
     for cap in rules.caps:
         if cap.category == trigger.category and cap.channel == channel:

@@ -12,7 +12,15 @@ from pathlib import Path
 from typing import Annotated, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+import holidays
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    field_validator,
+    model_validator,
+)
 
 from crm_shared.configfile import ConfigFileError, Loc, parse_yaml_model, read_text, twice
 from crm_shared.contracts import TOUCHPOINT_CLASSES, touchpoint_types
@@ -37,7 +45,8 @@ LOYALTY_FIELDS: dict[str, frozenset[str]] = {
     "segment_changed": frozenset(SegmentChangedData.model_fields),
 }
 CustomerChannel = Literal["email", "sms", "in_app"]
-Category = Literal["marketing", "transactional"]
+Category = Literal["marketing", "transactional", "task"]
+Direction = Literal["inbound", "outbound"]
 Name = Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9_-]{0,63}$")]
 Language = Annotated[str, Field(pattern=r"^[a-z]{2,3}(-[A-Za-z0-9]{2,8})*$")]
 WhereValue = str | int | bool
@@ -47,18 +56,32 @@ class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+def known_zone(zone: str) -> str:
+    try:
+        ZoneInfo(zone)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise ValueError(f"{zone!r} is not an IANA time zone") from None
+    return zone
+
+
 class When(Strict):
-    """What starts a trigger: a touchpoint action (any channel) or a loyalty event, whose data
-    fields must have the values in `where`."""
+    """What starts a trigger: a touchpoint action (any channel), a loyalty event, or any
+    contact one way (`inbound`: a call in, an SMS, a reply, a form, a survey; `outbound`: an
+    email or a call out); for the first two, data fields must have the values in `where`."""
 
     touchpoint: str | None = Field(default=None, description="a touchpoint action, e.g. signed_up")
     loyalty: str | None = Field(default=None, description="a loyalty event, e.g. tier_changed")
+    contact: Direction | None = Field(default=None, description="inbound or outbound contact")
     where: dict[str, WhereValue] = Field(default_factory=dict)
 
     @model_validator(mode="after")
     def _one_known_source(self) -> When:
-        if (self.touchpoint is None) == (self.loyalty is None):
-            raise ValueError("name one of `touchpoint` or `loyalty`")
+        if [self.touchpoint, self.loyalty, self.contact].count(None) != 2:
+            raise ValueError("name one of `touchpoint`, `loyalty` or `contact`")
+        if self.contact is not None:
+            if self.where:
+                raise ValueError("`where` goes with `touchpoint` or `loyalty`, not `contact`")
+            return self
         if self.touchpoint is not None:
             fields = ACTION_FIELDS.get(self.touchpoint)
             if fields is None:
@@ -101,10 +124,20 @@ class Trigger(Strict):
         default=None, min_length=1, description="this trigger's channel order; default: `channels`"
     )
     delay_minutes: Annotated[int, Field(ge=0, le=525_600)] = 0
-    occurrence: Literal["each", "once", "pending"] = Field(
+    delay_business_days: Annotated[int, Field(ge=0, le=60)] = Field(
+        default=0,
+        description="then this many business days later, at the same time of day "
+        "(`business_days` says which days are not)",
+    )
+    occurrence: Literal["each", "once", "pending", "first"] = Field(
         default="each",
         description="each: one per event; once: one per customer ever; pending: one waiting "
-        "at a time, a later event moves it",
+        "at a time, a later event moves it; first: one waiting at a time, later events leave it",
+    )
+    cancelled_by_contact: Direction | None = Field(
+        default=None,
+        description="contact this way, at or after the event, cancels it while it waits "
+        "(a follow-up: outbound)",
     )
     cancelled_by: list[str] = Field(
         default_factory=list,
@@ -124,6 +157,33 @@ class Trigger(Strict):
         if unknown:
             raise ValueError(f"{', '.join(unknown)}: not touchpoint actions")
         return actions
+
+
+class BusinessDays(Strict):
+    """Which days count for `delay_business_days`: Monday to Friday in `timezone` (default: the
+    rules' zone), less the public holidays of `country` (ISO 3166 code), if given."""
+
+    timezone: Annotated[str, AfterValidator(known_zone)] | None = None
+    country: Annotated[str, Field(pattern=r"^[A-Z]{2}$")] | None = None
+
+    @field_validator("country")
+    @classmethod
+    def _known_country(cls, country: str | None) -> str | None:
+        if country is not None and country not in holidays.list_supported_countries():
+            raise ValueError(f"no public holidays known for {country!r}")
+        return country
+
+
+class Tasks(Strict):
+    """Where tasks for staff (category `task`, e.g. follow-ups) go."""
+
+    deliver: Literal["email", "webhook"] = Field(
+        description="email: to the account owner; webhook: to CRM_WEBHOOK_URL"
+    )
+    owner_trait: str = Field(
+        default="account_owner", description="the profile trait holding the owner's email"
+    )
+    default_owner: str = Field(description="the email address of tasks for nobody's customer")
 
 
 class Cap(Strict):
@@ -178,17 +238,15 @@ class Rules(Strict):
         default=None,
         description="the loyalty program whose account holders count as its members",
     )
+    business_days: BusinessDays = Field(default_factory=BusinessDays)
+    tasks: Tasks | None = Field(default=None, description="required by triggers of category task")
     triggers: list[Trigger]
     templates: dict[Name, dict[Language, Message]]
 
     @field_validator("timezone")
     @classmethod
     def _known_zone(cls, zone: str) -> str:
-        try:
-            ZoneInfo(zone)
-        except (ZoneInfoNotFoundError, ValueError):
-            raise ValueError(f"{zone!r} is not an IANA time zone") from None
-        return zone
+        return known_zone(zone)
 
     def trigger(self, name: str) -> Trigger | None:
         return next((t for t in self.triggers if t.name == name), None)
@@ -212,6 +270,11 @@ def inconsistencies(rules: Rules) -> list[tuple[Loc, str]]:
                     f"no text in the default language {rules.default_language!r}",
                 )
             )
+    for i, trigger in enumerate(rules.triggers):
+        if trigger.category == "task" and rules.tasks is None:
+            found.append((("triggers", i, "category"), "a task needs the `tasks` section"))
+        if trigger.category == "task" and trigger.channels is not None:
+            found.append((("triggers", i, "channels"), "tasks go where `tasks.deliver` says"))
     for i, cap in enumerate(rules.caps):
         if (cap.category, cap.channel) in [(c.category, c.channel) for c in rules.caps[:i]]:
             found.append((("caps", i), f"a second cap for {cap.category} on {cap.channel}"))

@@ -8,7 +8,9 @@ from typing import ClassVar, Literal
 from pydantic import Field, SecretStr, model_validator
 
 from crm_notify.rules import EXAMPLE_RULES
-from crm_shared.settings import ApiSettings
+from crm_shared.settings import DEV_WRITE_KEY, ApiSettings
+
+DEV_UNSUBSCRIBE_SECRET = "dev-unsubscribe-secret"  # noqa: S105 (documented development default)
 
 
 class NotifySettings(ApiSettings):
@@ -32,6 +34,41 @@ class NotifySettings(ApiSettings):
     smtp_username: str | None = Field(default=None, description="SMTP login, when it needs one")
     smtp_password: SecretStr | None = Field(default=None, description="SMTP password")
     smtp_timeout_s: float = Field(default=30.0, gt=0, description="per SMTP conversation")
+    public_base_url: str | None = Field(
+        default=None,
+        description="notify's URL as the internet sees it: SMS status callbacks go to "
+        "<it>/v1/callbacks/sms/status, and their signatures are checked against it",
+    )
+    sms_api_url: str | None = Field(
+        default=None,
+        description="base URL of the SMS provider's Twilio-style Messages API; unset: no SMS",
+    )
+    sms_account_sid: str | None = Field(default=None, description="the provider account")
+    sms_auth_token: SecretStr | None = Field(
+        default=None, description="its auth token (also checks the status callbacks)"
+    )
+    sms_from: str | None = Field(default=None, description="the sending number (E.164)")
+    unsubscribe_secret: SecretStr = Field(
+        default=SecretStr(DEV_UNSUBSCRIBE_SECRET),
+        description="signs the one-click unsubscribe links in marketing email (HMAC-SHA256); "
+        "production refuses the development default",
+    )
+    ingest_url: str = Field(
+        default="http://127.0.0.1:8000",
+        description="ingest, where an unsubscribe click is posted as a touchpoint",
+    )
+    ingest_write_key: SecretStr = Field(
+        default=SecretStr(DEV_WRITE_KEY),
+        description="notify's write key at ingest (the email channel); production refuses "
+        "the development key",
+    )
+    webhook_url: str | None = Field(
+        default=None, description="where tasks go when the rules say `tasks.deliver: webhook`"
+    )
+    webhook_secret: SecretStr | None = Field(
+        default=None, description="the shared secret webhooks are signed with (HMAC-SHA256)"
+    )
+    webhook_timeout_s: float = Field(default=10.0, gt=0, description="per webhook call")
     profile_wait_s: float = Field(
         default=60.0,
         ge=0,
@@ -46,10 +83,37 @@ class NotifySettings(ApiSettings):
     )
 
     @model_validator(mode="after")
-    def _production_names_its_rules(self) -> NotifySettings:
-        if self.env == "production" and self.rules_file is None:
-            raise ValueError("CRM_RULES_FILE is not set: production runs its own rules")
+    def _sms_is_whole(self) -> NotifySettings:
+        parts = [self.sms_api_url, self.sms_account_sid, self.sms_auth_token, self.sms_from]
+        if any(p is not None for p in parts) and not all(p is not None for p in parts):
+            raise ValueError(
+                "SMS needs CRM_SMS_API_URL, CRM_SMS_ACCOUNT_SID, CRM_SMS_AUTH_TOKEN and "
+                "CRM_SMS_FROM together"
+            )
         return self
+
+    @model_validator(mode="after")
+    def _production_names_its_rules(self) -> NotifySettings:
+        if self.env != "production":
+            return self
+        if self.rules_file is None:
+            raise ValueError("CRM_RULES_FILE is not set: production runs its own rules")
+        if self.unsubscribe_secret.get_secret_value() == DEV_UNSUBSCRIBE_SECRET:
+            raise ValueError("CRM_UNSUBSCRIBE_SECRET is the development default; set a secret")
+        if self.ingest_write_key.get_secret_value() == DEV_WRITE_KEY:
+            raise ValueError("CRM_INGEST_WRITE_KEY is the development key; make one for notify")
+        return self
+
+    def public_url(self) -> str:
+        return (self.public_base_url or f"http://127.0.0.1:{self.http_port}").rstrip("/")
+
+    def sms_enabled(self) -> bool:
+        return self.sms_api_url is not None
+
+    def sms_status_callback(self) -> str | None:
+        if self.public_base_url is None:
+            return None
+        return self.public_url() + "/v1/callbacks/sms/status"
 
     def rules_path(self) -> Path:
         return self.rules_file or EXAMPLE_RULES

@@ -98,6 +98,34 @@ async def lock_notifications(conn: DbConnection, ids: Sequence[str]) -> list[Not
     return [NotificationRow.of(r) for r in rows]
 
 
+async def by_provider_id(
+    conn: DbConnection, channel: str, provider_id: str
+) -> NotificationRow | None:
+    row = await conn.fetchrow(
+        f"SELECT {', '.join(COLUMNS)} FROM notifications "
+        "WHERE channel = $1 AND provider_id = $2 FOR UPDATE",
+        channel,
+        provider_id,
+    )
+    return NotificationRow.of(row) if row is not None else None
+
+
+async def overlapping(conn: DbConnection, row: NotificationRow, profile_id: str) -> bool:
+    """Whether `profile_id` has a live notification of `row`'s trigger that was still to go
+    out when `row`'s cause happened (the same waiting window), other than `row`."""
+    return bool(
+        await conn.fetchval(
+            "SELECT true FROM notifications WHERE profile_id = $1 AND trigger = $2 "
+            "AND notification_id <> $3 AND status IN ('waiting', 'sent', 'delivered') "
+            "AND due_at >= $4 LIMIT 1",
+            profile_id,
+            row.trigger,
+            row.notification_id,
+            row.cause_time,
+        )
+    )
+
+
 async def live_key_taken(conn: DbConnection, dedupe_key: str, other_than: str) -> bool:
     return bool(
         await conn.fetchval(
