@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 PY_DIRS := shared/src $(wildcard services/*/src) tests $(wildcard services/*/tests) scripts $(wildcard bench/*.py bench/*/*.py)
 
 .DEFAULT_GOAL := help
-.PHONY: help install up down status infra-up infra-down infra-status test lint types unit docs docs-check bench bench-ingest bench-profile bench-loyalty constraints clean
+.PHONY: help install up down status infra-up infra-down infra-status test lint types unit docs docs-check bench bench-ingest bench-profile bench-loyalty bench-notify constraints clean
 
 help: ## List the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-z-]+:.*## / {printf "  make %-13s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -71,6 +71,9 @@ bench-profile: infra-up ## Profile's touchpoints/s and 2xx-to-snapshot latency; 
 
 bench-loyalty: infra-up ## Loyalty's ledger touchpoints/s and the RFM recompute of 1M; writes bench/RESULTS.md
 	$(BIN)/python bench/loyalty
+
+bench-notify: infra-up ## Notify's trigger evaluations/s and emails/s to a local SMTP server; writes bench/RESULTS.md
+	$(BIN)/python bench/notify
 
 constraints: install ## Re-pin constraints.txt from the current .venv
 	@{ head -n 2 constraints.txt; $(BIN)/pip freeze --exclude-editable --disable-pip-version-check; } > constraints.new && mv constraints.new constraints.txt
