@@ -14,10 +14,11 @@ message goes again, with the same Message-ID (email) — at most one duplicate p
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import replace
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -89,6 +90,32 @@ def rekeyed(row: NotificationRow, profile_id: str) -> str:
     """The dedupe key of `row` for another profile (its survivor after a merge)."""
     trigger, _, occurrence = row.dedupe_key.split(":", 2)
     return f"{trigger}:{profile_id}:{occurrence}"
+
+
+@dataclass(frozen=True)
+class Go:
+    """A message ready to go out: the row it belongs to, its channel, and the send."""
+
+    row: NotificationRow
+    channel: str
+    deliver: Callable[[], Awaitable[str | None]]
+
+
+@dataclass
+class Batch:
+    """What one timer round sends, and what it has decided to send to whom so far (caps count
+    it before the sends are recorded)."""
+
+    sends: list[Go] = field(default_factory=list)
+    history: dict[str, dict[tuple[str, str], list[datetime]]] = field(default_factory=dict)
+    _rows: set[str] = field(default_factory=set)
+
+    def add(self, go: Go) -> None:
+        self.sends.append(go)
+        self._rows.add(go.row.notification_id)
+
+    def __contains__(self, row: object) -> bool:
+        return isinstance(row, NotificationRow) and row.notification_id in self._rows
 
 
 def first_due(rules: Rules, trigger: Trigger, cause_time: datetime) -> datetime:
@@ -267,6 +294,7 @@ def deliver_timers(rules: Rules, settings: NotifySettings) -> Any:
         else None
     )
     delivers = frozenset({"email", "in_app"} | ({"sms"} if sms is not None else set()))
+    concurrency = asyncio.Semaphore(settings.delivery_concurrency)
     webhook = (
         WebhookSender(
             settings.webhook_url,
@@ -294,6 +322,7 @@ def deliver_timers(rules: Rules, settings: NotifySettings) -> Any:
             # instances: a customer another instance is deciding for waits for a later round.
             free = await try_lock_keys(conn, {f"notify:{r.profile_id}" for r in rows.values()})
             handled = len(gone)
+            batch = Batch()
             for row in rows.values():
                 if f"notify:{row.profile_id}" not in free:
                     continue
@@ -301,23 +330,29 @@ def deliver_timers(rules: Rules, settings: NotifySettings) -> Any:
                     await schedule(conn, DELIVER, [(row.notification_id, None)])
                     handled += 1
                     continue
-                await attempt(conn, out, row, now)
-                if row.status != "waiting" or row.due_at > now:
+                await attempt(conn, out, row, now, batch)
+                if row.status != "waiting" or row.due_at > now or row in batch:
                     handled += 1  # not one that only waits for its profile
-                await store.save(conn, row)
-                await schedule(
-                    conn,
-                    DELIVER,
-                    [(row.notification_id, row.due_at if row.status == "waiting" else None)],
-                )
+                if row not in batch:
+                    await record(conn, row)
+            # The messages go out together (the network waits overlap), then each is recorded.
+            outcomes = await asyncio.gather(*(send(go) for go in batch.sends))
+            for go, outcome in zip(batch.sends, outcomes, strict=True):
+                finish(out, go.row, go.channel, outcome, now)
+                await record(conn, go.row)
             depth = await conn.fetchval(
                 "SELECT count(*) FROM timers WHERE kind = $1 AND due_at <= $2", DELIVER, now
             )
             after_commit(lambda: QUEUE_DEPTH.set(depth))
             return out.records, handled
 
+        async def record(conn: DbConnection, row: NotificationRow) -> None:
+            await store.save(conn, row)
+            due = row.due_at if row.status == "waiting" else None
+            await schedule(conn, DELIVER, [(row.notification_id, due)])
+
         async def attempt(
-            conn: DbConnection, out: Emitter, row: NotificationRow, now: datetime
+            conn: DbConnection, out: Emitter, row: NotificationRow, now: datetime, batch: Batch
         ) -> None:
             def suppress(reason: str) -> None:
                 row.status, row.reason, row.updated_at = "suppressed", reason, now
@@ -359,8 +394,11 @@ def deliver_timers(rules: Rules, settings: NotifySettings) -> Any:
                 "trigger": trigger.name,
             }
             if trigger.category == "task":
-                return await send_task(out, row, trigger, customer, context, now)
-            history = History(await store.history(conn, survivor, now - longest_cap))
+                return send_task(out, row, trigger, customer, context, now, batch)
+            sent = await store.history(conn, survivor, now - longest_cap)
+            for kind, times in batch.history.get(survivor, {}).items():
+                sent.setdefault(kind, []).extend(times)
+            history = History(sent)
             decision = decide(rules, trigger, customer, history, now, delivers)
             if isinstance(decision, Suppress):
                 return suppress(decision.reason)
@@ -388,29 +426,37 @@ def deliver_timers(rules: Rules, settings: NotifySettings) -> Any:
                 footer = f"\n\n--\nTo stop these emails: {context['unsubscribe_url']}\n"
                 rendered = replace(rendered, text=rendered.text.rstrip("\n") + footer)
 
+            row.channel, row.address, row.language = decision.channel, address, rendered.language
+            row.attempts += 1
+            if decision.channel == "in_app":  # a row in this database, in this transaction
+                subject, text = rendered.subject, rendered.text
+                await store.add_to_inbox(conn, row.notification_id, survivor, subject, text, now)
+                finish(out, row, "in_app", None, now)
+                return None
+            channel = decision.channel
+            batch.history.setdefault(survivor, {}).setdefault(
+                (trigger.category, channel), []
+            ).append(now)
+            assert address is not None
+
             async def deliver() -> str | None:
-                if decision.channel == "in_app":
-                    subject, text = rendered.subject, rendered.text
-                    await store.add_to_inbox(
-                        conn, row.notification_id, row.profile_id, subject, text, now
-                    )
-                    return None
                 assert address is not None
-                if decision.channel == "sms":
+                if channel == "sms":
                     assert sms is not None
                     return await sms.send(row.notification_id, address, rendered.text)
                 return await email.send(Email(row.notification_id, address, rendered, headers))
 
-            await dispatch(out, row, decision.channel, address, rendered.language, deliver, now)
+            batch.add(Go(row, channel, deliver))
             return None
 
-        async def send_task(
+        def send_task(
             out: Emitter,
             row: NotificationRow,
             trigger: Trigger,
             customer: Customer,
             context: dict[str, Any],
             now: datetime,
+            batch: Batch,
         ) -> None:
             """A task for staff: no consent, caps or quiet hours; in the default language."""
             tasks = rules.tasks
@@ -421,12 +467,15 @@ def deliver_timers(rules: Rules, settings: NotifySettings) -> Any:
             owner = customer.traits.get(tasks.owner_trait)
             if not isinstance(owner, str) or "@" not in owner:
                 owner = tasks.default_owner
+            row.address, row.language = owner, rendered.language
+            row.attempts += 1
             if tasks.deliver == "email":
 
                 async def by_email() -> str | None:
                     return await email.send(Email(row.notification_id, owner, rendered))
 
-                await dispatch(out, row, "email", owner, rendered.language, by_email, now)
+                row.channel = "email"
+                batch.add(Go(row, "email", by_email))
                 return
             payload = {
                 "notification_id": row.notification_id,
@@ -445,7 +494,8 @@ def deliver_timers(rules: Rules, settings: NotifySettings) -> Any:
                     raise DeliveryFailed("webhook: CRM_WEBHOOK_URL is not set", permanent=True)
                 return await webhook.post(row.notification_id, payload)
 
-            await dispatch(out, row, "webhook", owner, rendered.language, by_webhook, now)
+            row.channel = "webhook"
+            batch.add(Go(row, "webhook", by_webhook))
 
         def rendering(
             out: Emitter,
@@ -465,42 +515,45 @@ def deliver_timers(rules: Rules, settings: NotifySettings) -> Any:
                 out.emit("failed", row, now)
                 return None
 
-        async def dispatch(
+        async def send(go: Go) -> str | DeliveryFailed | None:
+            async with concurrency:
+                try:
+                    provider_id = await go.deliver()
+                except DeliveryFailed as failed:
+                    return failed
+            if settings.fault_crash_point == "after_send":
+                log.warning("fault injection: SIGKILL after a send", id=go.row.notification_id)
+                os.kill(os.getpid(), signal.SIGKILL)
+            return provider_id
+
+        def finish(
             out: Emitter,
             row: NotificationRow,
             channel: str,
-            address: str | None,
-            language: str,
-            deliver: Callable[[], Awaitable[str | None]],
+            outcome: str | DeliveryFailed | None,
             now: datetime,
         ) -> None:
-            """Deliver, and record what came of it: sent (in-app: delivered too), a retry
-            after the backoff, or failed."""
-            row.channel, row.address, row.language = channel, address, language
-            row.attempts += 1
-            try:
-                row.provider_id = await deliver()
-                if settings.fault_crash_point == "after_send":
-                    log.warning("fault injection: SIGKILL after a send", id=row.notification_id)
-                    os.kill(os.getpid(), signal.SIGKILL)
-            except DeliveryFailed as failed:
-                row.reason, row.updated_at = failed.reason, now
-                if failed.permanent or row.attempts >= rules.retry.attempts:
+            """Record what came of a send: sent (in-app: delivered too), a retry after the
+            backoff, or failed."""
+            if isinstance(outcome, DeliveryFailed):
+                row.reason, row.updated_at = outcome.reason, now
+                if outcome.permanent or row.attempts >= rules.retry.attempts:
                     row.status = "failed"
                     out.emit("failed", row, now)
-                if failed.bounced and channel == "email":
-                    out.records.append(bounce_touchpoint(out.prefix, row, now))
                 else:
                     row.due_at = now + timedelta(seconds=rules.retry.delay_s(row.attempts))
+                if outcome.bounced and channel == "email":
+                    out.records.append(bounce_touchpoint(out.prefix, row, now))
                 log.warning(
                     "delivery failed",
                     notification_id=row.notification_id,
                     channel=channel,
                     attempt=row.attempts,
-                    permanent=failed.permanent,
-                    reason=failed.reason,
+                    permanent=outcome.permanent,
+                    reason=outcome.reason,
                 )
                 return
+            row.provider_id = outcome
             row.status, row.reason, row.sent_at, row.updated_at = "sent", None, now, now
             out.emit("sent", row, now)
             if channel == "in_app":

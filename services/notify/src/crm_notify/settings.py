@@ -69,6 +69,9 @@ class NotifySettings(ApiSettings):
         default=None, description="the shared secret webhooks are signed with (HMAC-SHA256)"
     )
     webhook_timeout_s: float = Field(default=10.0, gt=0, description="per webhook call")
+    delivery_concurrency: int = Field(
+        default=32, ge=1, le=1000, description="messages one instance sends at the same time"
+    )
     profile_wait_s: float = Field(
         default=60.0,
         ge=0,
