@@ -850,3 +850,52 @@ async def test_an_address_the_server_refuses_fails_at_once_and_is_reported_as_bo
     assert bounce["data"]["identities"] == {"email": address}
     assert bounce["data"]["bounce_type"] == "hard"
     assert bounce["data"]["message_id"] == f"<{failed['notification_id']}@crm-notify>"
+
+
+async def test_two_instances_send_each_message_once_and_caps_hold(
+    endpoints: Endpoints, topic_prefix: str, databases: Databases, smtp: tuple[Inbox, int]
+) -> None:
+    inbox, port = smtp
+    clock = ManualClock(NOW)
+    tag = uuid.uuid4().hex[:6]
+    people = [f"p-{n:02}-{tag}" for n in range(30)]
+    url = await databases.create("notify")
+    settings = service_settings(
+        NotifySettings,
+        endpoints,
+        topic_prefix,
+        url,
+        timer_poll_interval_s=0.05,
+        timer_batch_size=4,
+        smtp_port=port,
+    )
+    first, second = build(settings, clock=clock), build(settings, clock=clock)
+    consent = [("marketing", "email")]
+    async with running(first), running(second):
+        await send_to(
+            endpoints,
+            PROFILES.full_name(topic_prefix),
+            [person(who, f"{who}@example.org", consents=consent) for who in people],
+        )
+        # Each customer turns at-risk three times this week: the cap lets two win-backs
+        # by email through (2 a week), and the third has nowhere to go.
+        await send_to(
+            endpoints,
+            LOYALTY.full_name(topic_prefix),
+            [
+                loyalty_event("segment_changed", who, segment="at-risk", entered=True)
+                for _ in range(3)
+                for who in people
+            ],
+        )
+        items = [n for who in people for n in await settled(first, who, 3)]
+        runners = [s.app.state.runtime.timers for s in (first, second)]
+
+    assert all(r.handled > 0 for r in runners), "both instances fired timers"
+    for who in people:
+        assert len(inbox.to(f"{who}@example.org")) == 2, who
+    assert sorted({(n["status"], n["reason"]) for n in items}) == [
+        ("sent", None),
+        ("suppressed", "email: cap of 2 marketing per 7 days; sms: no delivery adapter"),
+    ]
+    assert sum(n["status"] == "sent" for n in items) == 2 * len(people)

@@ -1,9 +1,10 @@
 """Delivery adapters: how a rendered message leaves notify.
 
-Email goes over SMTP (aiosmtplib). Each message's `Message-ID` is fixed by its notification, so
-a message sent again after a crash (SMTP has no idempotency key) carries the same id, which
-mail systems that deduplicate can use. A 5xx answer is a permanent failure (no retry); a 4xx,
-a timeout or a refused connection is a temporary one (retried with backoff).
+Email goes over SMTP (aiosmtplib), on reused connections. Each message's `Message-ID` is
+fixed by its notification, so a message sent again after a crash (SMTP has no idempotency
+key) carries the same id, which mail systems that deduplicate can use. A 5xx answer is a
+permanent failure (no retry); a 4xx, a timeout or a refused connection is a temporary one
+(retried with backoff).
 
 SMS goes through Twilio's Messages API (or any provider speaking it): a form POST with basic
 auth, `I-Twilio-Idempotency-Token` set to the notification id, so a retry after a crash is
@@ -75,39 +76,66 @@ def compose(email: Email, sender: Sender) -> EmailMessage:
 
 
 class SmtpSender:
+    """Sends over a pool of open SMTP connections: a connection is reused for the next
+    message (each message is its own MAIL FROM ... DATA), so the connect, EHLO, TLS and login
+    are paid once per connection rather than per message."""
+
+    POOL = 64
+
     def __init__(self, settings: NotifySettings, sender: Sender) -> None:
         self._settings = settings
         self._sender = sender
+        self._idle: list[aiosmtplib.SMTP] = []
+
+    def _connection(self) -> aiosmtplib.SMTP:
+        s = self._settings
+        return aiosmtplib.SMTP(
+            hostname=s.smtp_host,
+            port=s.smtp_port,
+            username=s.smtp_username,
+            password=s.smtp_password.get_secret_value() if s.smtp_password else None,
+            use_tls=s.smtp_security == "tls",
+            start_tls=s.smtp_security == "starttls",
+            timeout=s.smtp_timeout_s,
+        )
 
     async def send(self, email: Email) -> str:
         """Send `email`; returns its Message-ID. DeliveryFailed says whether to try again."""
-        s = self._settings
-        try:
-            await aiosmtplib.send(
-                compose(email, self._sender),
-                hostname=s.smtp_host,
-                port=s.smtp_port,
-                username=s.smtp_username,
-                password=s.smtp_password.get_secret_value() if s.smtp_password else None,
-                use_tls=s.smtp_security == "tls",
-                start_tls=s.smtp_security == "starttls",
-                timeout=s.smtp_timeout_s,
-            )
-        except aiosmtplib.SMTPRecipientsRefused as exc:
-            codes = [r.code for r in exc.recipients]
-            permanent = all(500 <= code < 600 for code in codes)
-            raise DeliveryFailed(
-                f"smtp: recipient refused {codes}", permanent=permanent, bounced=permanent
-            ) from exc
-        except aiosmtplib.SMTPResponseException as exc:
-            raise DeliveryFailed(
-                f"smtp: {exc.code} {exc.message}"[:500], permanent=500 <= exc.code < 600
-            ) from exc
-        except (aiosmtplib.SMTPException, OSError, TimeoutError) as exc:
-            raise DeliveryFailed(
-                f"smtp: {type(exc).__name__}: {exc}"[:500], permanent=False
-            ) from exc
-        return email.message_id
+        message = compose(email, self._sender)
+        while True:
+            reused = bool(self._idle)
+            client = self._idle.pop() if reused else self._connection()
+            try:
+                if not reused:
+                    await client.connect()
+                await client.send_message(message)
+            except (aiosmtplib.SMTPServerDisconnected, ConnectionError) as exc:
+                client.close()
+                if reused:
+                    continue  # the server closed an idle connection: take another
+                raise _smtp_failure(exc) from exc
+            except (aiosmtplib.SMTPException, OSError, TimeoutError) as exc:
+                client.close()
+                raise _smtp_failure(exc) from exc
+            if len(self._idle) < self.POOL:
+                self._idle.append(client)
+            else:
+                client.close()
+            return email.message_id
+
+
+def _smtp_failure(exc: BaseException) -> DeliveryFailed:
+    if isinstance(exc, aiosmtplib.SMTPRecipientsRefused):
+        codes = [r.code for r in exc.recipients]
+        permanent = all(500 <= code < 600 for code in codes)
+        return DeliveryFailed(
+            f"smtp: recipient refused {codes}", permanent=permanent, bounced=permanent
+        )
+    if isinstance(exc, aiosmtplib.SMTPResponseException):
+        return DeliveryFailed(
+            f"smtp: {exc.code} {exc.message}"[:500], permanent=500 <= exc.code < 600
+        )
+    return DeliveryFailed(f"smtp: {type(exc).__name__}: {exc}"[:500], permanent=False)
 
 
 def signature(secret: bytes, timestamp: str, body: bytes) -> str:
