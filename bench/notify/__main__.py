@@ -16,7 +16,7 @@ empty.
 Email delivery: the replica gets a snapshot of each customer (an email address, a daytime time
 zone), then one `points_expiring` loyalty event each (transactional, due at once) is
 published; timed until the SMTP server (aiosmtpd, in this process) has received every message.
-Each message is one SMTP conversation.
+A timer round's messages go out together, over reused SMTP connections.
 
 Endpoints come from CRM_KAFKA_BOOTSTRAP / CRM_DATABASE_URL, else from `scripts/localinfra.py up`.
 Topics and databases get a run prefix and are deleted at the end.
@@ -278,8 +278,8 @@ def render(run: Run, started: datetime, total_s: float) -> str:
         "How to read it:",
         f"- Everything runs on this one machine ({cpu_count()} CPUs): notify, PostgreSQL, the "
         "broker, the SMTP server and the bench share it; the CPU figures say where time went.",
-        "- Email: each message is its own SMTP conversation (connect, EHLO, MAIL, RCPT, DATA, "
-        "QUIT), sent from inside the timer's transaction, one after the other.",
+        "- Email: a timer round's messages go out together (`CRM_DELIVERY_CONCURRENCY`, 32) "
+        "over reused SMTP connections, from inside the round's transaction.",
         "- The broker is Tansu keeping data in memory, not a replicated Apache Kafka cluster.",
         "",
     ]
