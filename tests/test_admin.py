@@ -45,7 +45,8 @@ async def test_migrate_applies_each_service_once_on_a_fresh_database_then_nothin
         (
             "notify",
             "plumbing/0001_plumbing, profile_replica/0001_profile_replica, timers/0001_timers, "
-            "notify/0001_init, notify/0002_notifications, notify/0003_provider_ids",
+            "notify/0001_init, notify/0002_notifications, notify/0003_provider_ids, "
+            "notify/0004_erased",
         ),
     ]:
         url = await databases.create(name)

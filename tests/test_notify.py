@@ -378,6 +378,29 @@ async def test_an_order_cancels_the_abandoned_cart_and_an_erasure_the_rest(
             return await notifications(service, erased) == []
 
         await wait_until(forgotten, what="the erasure")
+        # Late news of the erased person (consumer lag) opens nothing and keeps nothing.
+        await publish(
+            endpoints, topic_prefix, [touchpoint("web.cart_updated", erased, cart_id="late")]
+        )
+        await send_to(
+            endpoints,
+            LOYALTY.full_name(topic_prefix),
+            [loyalty_event("points_earned", erased, points=5, balance=5, reason="late")],
+        )
+        pool = service.app.state.runtime.db
+
+        async def late_news_read() -> bool:
+            done = await pool.fetchval(
+                "SELECT count(*) FROM processed_events WHERE consumer IN "
+                "('notify.touchpoints', 'notify.loyalty')"
+            )
+            return bool(done == len(carts) + 3)
+
+        await wait_until(late_news_read, what="the late events")
+        assert await notifications(service, erased) == []
+        assert not await pool.fetchval(
+            "SELECT count(*) FROM loyalty_members WHERE profile_id = $1", erased
+        )
         clock.advance(timedelta(hours=4))
         (reminded,) = await settled(service, browser, 1)
         assert reminded["status"] == "sent"
@@ -770,6 +793,7 @@ async def test_a_merged_away_profiles_reminder_goes_to_the_survivor_once(
     clock = ManualClock(NOW)
     tag = uuid.uuid4().hex[:6]
     merged, survivor, alone = f"p-merged-{tag}", f"p-survivor-{tag}", f"p-alone-{tag}"
+    guest, account = f"p-guest-{tag}", f"p-account-{tag}"
     consent = [("marketing", "email")]
     service = notify(endpoints, topic_prefix, await databases.create("notify"), port, clock)
     async with running(service):
@@ -779,19 +803,21 @@ async def test_a_merged_away_profiles_reminder_goes_to_the_survivor_once(
             profiles,
             [
                 person(who, f"{who}@example.org", consents=consent)
-                for who in (merged, survivor, alone)
+                for who in (merged, survivor, alone, guest, account)
             ],
         )
-        # The merged-away profile's cart is the later one: its reminder waits longest.
+        # The merged-away profile's cart is the later one: its reminder waits longest. The
+        # guest's cart has nobody else's to clash with: it follows the guest to the account.
         carts = [
-            touchpoint("web.cart_updated", who, cart_id=f"c-{who}") for who in (survivor, alone)
+            touchpoint("web.cart_updated", who, cart_id=f"c-{who}")
+            for who in (survivor, alone, guest)
         ]
         late = touchpoint("web.cart_updated", merged, cart_id=f"c-{merged}")
         late["time"] = NOW.isoformat()
         await publish(endpoints, topic_prefix, [*carts, late])
 
         async def three_wait() -> bool:
-            for who in (merged, survivor, alone):
+            for who in (merged, survivor, alone, guest):
                 if [n["status"] for n in await notifications(service, who)] != ["waiting"]:
                     return False
             return True
@@ -800,15 +826,19 @@ async def test_a_merged_away_profiles_reminder_goes_to_the_survivor_once(
         await send_to(
             endpoints,
             profiles,
-            [person(merged, f"{merged}@example.org", version=2, merged_into=survivor)],
+            [
+                person(merged, f"{merged}@example.org", version=2, merged_into=survivor),
+                person(guest, f"{guest}@example.org", version=2, merged_into=account),
+            ],
         )
 
         async def merged_seen() -> bool:
             pool = service.app.state.runtime.db
             return bool(
                 await pool.fetchval(
-                    "SELECT merged_into IS NOT NULL FROM profile_replica WHERE profile_id = $1",
-                    merged,
+                    "SELECT count(*) = 2 FROM profile_replica WHERE profile_id = ANY($1::text[]) "
+                    "AND merged_into IS NOT NULL",
+                    [merged, guest],
                 )
             )
 
@@ -816,7 +846,9 @@ async def test_a_merged_away_profiles_reminder_goes_to_the_survivor_once(
         clock.advance(timedelta(hours=4, minutes=1))
         (to_survivor,) = await settled(service, survivor, 1)
         (to_merged,) = await settled(service, merged, 1)
+        (to_account,) = await settled(service, account, 1)
         await settled(service, alone, 1)
+        assert await notifications(service, guest) == [], "re-keyed to the account"
 
     assert to_survivor["status"] == "sent"
     assert (to_merged["status"], to_merged["reason"]) == (
@@ -826,6 +858,9 @@ async def test_a_merged_away_profiles_reminder_goes_to_the_survivor_once(
     assert len(inbox.to(f"{survivor}@example.org")) == 1
     assert inbox.to(f"{merged}@example.org") == []
     assert len(inbox.to(f"{alone}@example.org")) == 1
+    assert (to_account["status"], to_account["dedupe_key"].split(":")[1]) == ("sent", account)
+    assert len(inbox.to(f"{account}@example.org")) == 1
+    assert inbox.to(f"{guest}@example.org") == []
 
 
 async def test_an_address_the_server_refuses_fails_at_once_and_is_reported_as_bounced(
@@ -899,3 +934,93 @@ async def test_two_instances_send_each_message_once_and_caps_hold(
         ("suppressed", "email: cap of 2 marketing per 7 days; sms: no delivery adapter"),
     ]
     assert sum(n["status"] == "sent" for n in items) == 2 * len(people)
+
+
+async def test_surveys_need_their_consent_offers_skip_members_and_the_inbox_is_the_last_resort(
+    endpoints: Endpoints, topic_prefix: str, databases: Databases, smtp: tuple[Inbox, int]
+) -> None:
+    inbox, port = smtp
+    clock = ManualClock(NOW)
+    tag = uuid.uuid4().hex[:6]
+    surveyed, member, prospect, boxed = (
+        f"p-{name}-{tag}" for name in ("surveyed", "member", "prospect", "boxed")
+    )
+    service = notify(endpoints, topic_prefix, await databases.create("notify"), port, clock)
+    consent = [("surveys", "email"), ("marketing", "email")]
+    async with running(service):
+        await send_to(
+            endpoints,
+            PROFILES.full_name(topic_prefix),
+            [
+                person(surveyed, f"{surveyed}@example.org", consents=consent),
+                person(member, f"{member}@example.org", consents=consent),
+                person(prospect, f"{prospect}@example.org", consents=consent),
+                person(boxed, f"{boxed}@example.org", bounced=True, traits={"language": "ru"}),
+            ],
+        )
+        # The member holds a loyalty account: loyalty said so with the points of an order.
+        earned: dict[str, Any] = {"points": 40, "balance": 40, "reason": "purchase:web"}
+        await send_to(
+            endpoints,
+            LOYALTY.full_name(topic_prefix),
+            [
+                loyalty_event("points_earned", member, **earned),
+                loyalty_event(
+                    "points_expiring", boxed, points=70, expires_at="2026-12-01T00:00:00Z"
+                ),
+            ],
+        )
+        call = touchpoint(
+            "phone.call_completed",
+            surveyed,
+            direction="inbound",
+            outcome="answered",
+            duration_seconds=60,
+        )
+        orders = [
+            touchpoint("web.order_completed", who, order_id=f"o-{who}", revenue=30)
+            for who in (member, prospect)
+        ]
+        await publish(endpoints, topic_prefix, [call, *orders])
+        (boxed_item,) = await settled(service, boxed, 1)
+
+        async def member_seen() -> bool:
+            pool = service.app.state.runtime.db
+            return bool(await pool.fetchval("SELECT count(*) FROM loyalty_members"))
+
+        await wait_until(member_seen, what="the loyalty account holder")
+        # The survey goes two hours after the call; the join offer a day after the order.
+        clock.advance(timedelta(hours=24, minutes=1))
+        survey = [n for n in await settled(service, surveyed, 1) if n["trigger"] == "csat-survey"]
+        (to_member,) = await settled(service, member, 1)
+        (to_prospect,) = await settled(service, prospect, 1)
+        async with httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=service.app), base_url="http://notify"
+        ) as http:
+            box = (await http.get(f"/v1/profiles/{boxed}/inbox", headers=ADMIN)).json()
+            preview = await http.post(
+                "/v1/templates/tier-up/preview",
+                json={
+                    "language": "lt-LT",
+                    "profile": {"first_name": "Ona"},
+                    "event": {"to_tier": "gold"},
+                },
+                headers=ADMIN,
+            )
+            unknown = await http.post("/v1/templates/nope/preview", json={}, headers=ADMIN)
+
+    assert [(n["status"], n["channel"]) for n in survey] == [("sent", "email")]
+    (mail,) = inbox.to(f"{surveyed}@example.org")
+    assert mail["Subject"] == "How was your call with us?"
+    assert (to_member["status"], to_member["reason"]) == (
+        "suppressed",
+        "already a member of aurora-rewards",
+    )
+    assert (to_prospect["trigger"], to_prospect["status"]) == ("join-programme", "sent")
+    assert inbox.to(f"{member}@example.org") == []
+    assert (boxed_item["status"], boxed_item["channel"]) == ("delivered", "in_app")
+    assert [m["subject"] for m in box["items"]] == ["70 баллов сгорят 2026-12-01"]
+    assert preview.status_code == 200
+    assert preview.json()["language"] == "lt"
+    assert preview.json()["subject"] == "Jūsų lygis dabar gold"
+    assert unknown.status_code == 404

@@ -11,7 +11,7 @@ import pytest
 from crm_notify.calendar import add_business_days
 from crm_notify.policy import Address, Customer, History, Send, Suppress, Wait, decide, quiet_until
 from crm_notify.rules import EXAMPLE_RULES, QuietHours, RulesError, load_rules, parse_rules
-from crm_notify.templates import choose_language, render
+from crm_notify.templates import choose_language, render, with_unsubscribe
 
 RULES = load_rules(EXAMPLE_RULES)
 EXAMPLE = EXAMPLE_RULES.read_text()
@@ -273,3 +273,40 @@ def test_addresses_are_the_profiles_identifiers_with_their_health() -> None:
     trigger = RULES.trigger("welcome")
     assert trigger is not None
     assert decide(RULES, trigger, made, History(), NOON) == Send("email", "new@example.org")
+
+
+def test_bad_facts_fall_back_rather_than_fail() -> None:
+    trigger = RULES.trigger("welcome")
+    assert trigger is not None
+    late = NOON + timedelta(hours=8)  # 22:00 in Vilnius: quiet
+    for zone in ("America", "x" * 300, "../etc/passwd"):  # a directory, too long, a path
+        person = customer(traits={"timezone": zone})
+        assert isinstance(decide(RULES, trigger, person, History(), late), Wait), zone
+    smuggled = customer(
+        emails=[
+            Address("ana@example.org\r\nBcc: all@example.org", deliverable=True, marketing=True),
+            Address("ana@example.org", deliverable=True, marketing=True),
+        ]
+    )
+    assert decide(RULES, trigger, smuggled, History(), NOON) == Send("email", "ana@example.org")
+
+
+def test_a_task_goes_to_the_owner_trait_only_when_it_is_staff() -> None:
+    tasks = RULES.tasks
+    assert tasks is not None
+    assert tasks.owner("jonas@Aurora.example") == "jonas@Aurora.example"
+    assert tasks.owner("someone@elsewhere.example") == "service-desk@aurora.example"
+    assert tasks.owner("a@aurora.example\nb@x") == "service-desk@aurora.example"
+    assert tasks.owner(42) == "service-desk@aurora.example"
+
+
+def test_marketing_mail_shows_its_unsubscribe_link_in_every_part() -> None:
+    rendered = render(RULES, "win-back", "en", {"profile": {}})
+    link = "https://notify.example.org/v1/unsubscribe?token=a.b&x=1"
+    both = with_unsubscribe(rendered, link)
+    assert both.text.endswith(f"To stop these emails: {link}\n")
+    assert both.html is not None
+    assert both.html.endswith(
+        '<a href="https://notify.example.org/v1/unsubscribe?token=a.b&amp;x=1">Unsubscribe</a></p>'
+    )
+    assert with_unsubscribe(both, link) == both

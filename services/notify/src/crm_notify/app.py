@@ -37,9 +37,12 @@ def build(
     settings = settings or NotifySettings()
     path = settings.rules_path()
     rules = rules or load_rules(path)
-    if rules.tasks is not None and rules.tasks.deliver == "webhook" and not settings.webhook_url:
+    webhook = rules.tasks is not None and rules.tasks.deliver == "webhook"
+    if webhook and (not settings.webhook_url or settings.webhook_secret is None):
         raise RulesError(
-            str(path), None, "tasks.deliver is webhook, and CRM_WEBHOOK_URL is not set"
+            str(path),
+            None,
+            "tasks.deliver is webhook: CRM_WEBHOOK_URL and CRM_WEBHOOK_SECRET are required",
         )
     service = Service(
         settings,

@@ -101,7 +101,10 @@ class SmtpSender:
 
     async def send(self, email: Email) -> str:
         """Send `email`; returns its Message-ID. DeliveryFailed says whether to try again."""
-        message = compose(email, self._sender)
+        try:
+            message = compose(email, self._sender)
+        except ValueError as exc:  # e.g. an address the headers cannot carry
+            raise DeliveryFailed(f"smtp: cannot compose: {exc}"[:500], permanent=True) from exc
         while True:
             reused = bool(self._idle)
             client = self._idle.pop() if reused else self._connection()
@@ -207,7 +210,10 @@ class SmsSender:
                 f"sms: {type(exc).__name__}: {exc}"[:500], permanent=False
             ) from exc
         if answer.is_success:
-            sid = answer.json().get("sid")
+            try:
+                sid = answer.json().get("sid")
+            except (ValueError, AttributeError):
+                sid = None
             if not isinstance(sid, str) or not sid:
                 raise DeliveryFailed("sms: the provider's answer has no sid", permanent=False)
             return sid

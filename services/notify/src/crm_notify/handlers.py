@@ -38,9 +38,10 @@ from crm_notify.policy import Customer, History, Suppress, Wait, decide
 from crm_notify.rules import Rules, Trigger
 from crm_notify.settings import NotifySettings
 from crm_notify.store import NotificationRow
-from crm_notify.templates import Rendered, render
+from crm_notify.templates import Rendered, render, with_unsubscribe
 from crm_notify.unsubscribe import Unsubscribe, token_for
 from crm_shared import replica
+from crm_shared.consumer import transient, unavailable
 from crm_shared.contracts import CloudEvent, TouchpointEnvelope, derived_event_id
 from crm_shared.contracts.touchpoints import contact_direction
 from crm_shared.database import DbConnection, after_commit, try_lock_keys
@@ -140,7 +141,7 @@ async def open_notification(
     context = cause.data.model_dump(mode="json", exclude_none=True)
     due = max(first_due(rules, trigger, cause.time), now)
     if trigger.occurrence in ("pending", "first"):
-        for row in await store.waiting(conn, profile_id, [trigger.name]):
+        for row in await store.waiting(conn, [profile_id], [trigger.name]):
             # One waits at a time. `pending`: a later event moves it, with its facts;
             # `first`: the first event's clock keeps running (an unanswered call stays so).
             if trigger.occurrence == "pending":
@@ -198,8 +199,10 @@ async def cancel(
     cause_time: datetime,
 ) -> None:
     """Cancel the profile's waiting notifications of `triggers` that an event at `cause_time`
-    answers (those started by something later stay)."""
-    for row in await store.waiting(conn, profile_id, triggers):
+    answers (those started by something later stay), also those still filed under profiles
+    merged into it (a guest's cart, then an order after logging in)."""
+    family = [profile_id, *await store.merged_into(conn, profile_id)]
+    for row in await store.waiting(conn, family, triggers):
         if row.cause_time > cause_time:
             continue
         row.status, row.reason, row.updated_at = "cancelled", why, now
@@ -215,9 +218,8 @@ def touchpoint_effects(rules: Rules) -> Any:
         ) -> Sequence[OutgoingRecord]:
             assert event.profileid is not None
             profile_id = event.profileid
-            await store.remember_touchpoint(
-                conn, event.source, event.id, profile_id, event.type, event.time
-            )
+            if await store.erased(conn, profile_id):
+                return []  # late news of an erased person: nothing opens, nothing is kept
             now = runtime.clock.now()
             out = Emitter(runtime)
             action = event.action
@@ -252,6 +254,8 @@ def loyalty_effects(rules: Rules) -> Any:
         async def apply(conn: DbConnection, event: CloudEvent[Any]) -> Sequence[OutgoingRecord]:
             kind = event.type.rsplit(".", 1)[1]
             profile_id: str = event.data.profile_id
+            if await store.erased(conn, profile_id):
+                return []
             if kind in MEMBERSHIP_EVENTS:
                 await store.add_loyalty_member(conn, profile_id, event.time)
             if kind == "account_erased":
@@ -268,11 +272,11 @@ def loyalty_effects(rules: Rules) -> Any:
     return build
 
 
-def profile_effects(_: Runtime) -> Any:
+def profile_effects(runtime: Runtime) -> Any:
     async def apply(conn: DbConnection, item: Any) -> Sequence[OutgoingRecord]:
         if isinstance(item, replica.Tombstone):
             # Erased: nothing more goes to the person, and nothing of them stays here.
-            waited = await store.erase(conn, item.profile_id)
+            waited = await store.erase(conn, item.profile_id, runtime.clock.now())
             await schedule(conn, DELIVER, [(n, None) for n in waited])
         return await replica.store_profile(conn, item)
 
@@ -315,9 +319,9 @@ def deliver_timers(rules: Rules, settings: NotifySettings) -> Any:
         ) -> tuple[Sequence[OutgoingRecord], int]:
             out = Emitter(runtime)
             ids = [t.key for t in timers if t.kind == DELIVER]
-            rows = {r.notification_id: r for r in await store.lock_notifications(conn, ids)}
-            gone = [i for i in ids if i not in rows]
-            await schedule(conn, DELIVER, [(i, None) for i in gone])
+            locked, gone = await store.lock_notifications(conn, ids)
+            rows = {r.notification_id: r for r in locked}
+            await schedule(conn, DELIVER, [(i, None) for i in sorted(gone)])
             # One decision at a time per customer (caps count what went before), across
             # instances: a customer another instance is deciding for waits for a later round.
             free = await try_lock_keys(conn, {f"notify:{r.profile_id}" for r in rows.values()})
@@ -330,7 +334,7 @@ def deliver_timers(rules: Rules, settings: NotifySettings) -> Any:
                     await schedule(conn, DELIVER, [(row.notification_id, None)])
                     handled += 1
                     continue
-                await attempt(conn, out, row, now, batch)
+                await guarded_attempt(conn, out, row, now, batch)
                 if row.status != "waiting" or row.due_at > now or row in batch:
                     handled += 1  # not one that only waits for its profile
                 if row not in batch:
@@ -351,6 +355,24 @@ def deliver_timers(rules: Rules, settings: NotifySettings) -> Any:
             due = row.due_at if row.status == "waiting" else None
             await schedule(conn, DELIVER, [(row.notification_id, due)])
 
+        async def guarded_attempt(
+            conn: DbConnection, out: Emitter, row: NotificationRow, now: datetime, batch: Batch
+        ) -> None:
+            """`attempt`, in a savepoint: whatever one notification's facts make go wrong fails
+            that notification, not the round (which would fail the same way every time)."""
+            emitted = len(out.records)
+            try:
+                async with conn.transaction():
+                    await attempt(conn, out, row, now, batch)
+            except Exception as exc:
+                if unavailable(exc) or transient(exc):
+                    raise  # the database's trouble, not the row's: the round is tried again
+                del out.records[emitted:]
+                log.exception("notification failed", notification_id=row.notification_id)
+                row.status, row.updated_at = "failed", now
+                row.reason = f"notify: {type(exc).__name__}: {exc}"[:1000]
+                out.emit("failed", row, now)
+
         async def attempt(
             conn: DbConnection, out: Emitter, row: NotificationRow, now: datetime, batch: Batch
         ) -> None:
@@ -369,9 +391,14 @@ def deliver_timers(rules: Rules, settings: NotifySettings) -> Any:
                 if now - row.created_at < profile_wait:
                     row.due_at = now  # looked at again next round
                     return None
+                row.context = {}  # nobody to send to: keep none of the event's facts
                 return suppress("no such profile (unknown or erased)")
             survivor, snapshot = found
             if survivor != row.profile_id:
+                # Decide for the survivor under its own lock (caps, the duplicate check).
+                if not await try_lock_keys(conn, [f"notify:{survivor}"]):
+                    row.due_at = now  # another instance decides for the survivor: next round
+                    return None
                 key = rekeyed(row, survivor)
                 one_waits = trigger.occurrence in ("pending", "first")
                 if await store.live_key_taken(conn, key, row.notification_id) or (
@@ -379,6 +406,7 @@ def deliver_timers(rules: Rules, settings: NotifySettings) -> Any:
                 ):
                     return suppress(f"duplicate: merged into {survivor}, who has it")
                 row.profile_id, row.dedupe_key = survivor, key
+                await store.save(conn, row)  # a clash of keys shows here, before any send
             members = await store.loyalty_members(conn, [survivor])
             programs = frozenset({rules.loyalty_program}) if rules.loyalty_program else frozenset()
             customer = Customer.of_snapshot(snapshot, programs if members else frozenset())
@@ -422,9 +450,8 @@ def deliver_timers(rules: Rules, settings: NotifySettings) -> Any:
             rendered = rendering(out, row, trigger, customer.language(), context, now)
             if rendered is None:
                 return None
-            if headers and context["unsubscribe_url"] not in rendered.text:
-                footer = f"\n\n--\nTo stop these emails: {context['unsubscribe_url']}\n"
-                rendered = replace(rendered, text=rendered.text.rstrip("\n") + footer)
+            if headers:
+                rendered = with_unsubscribe(rendered, context["unsubscribe_url"])
 
             row.channel, row.address, row.language = decision.channel, address, rendered.language
             row.attempts += 1
@@ -464,9 +491,7 @@ def deliver_timers(rules: Rules, settings: NotifySettings) -> Any:
             rendered = rendering(out, row, trigger, None, context, now)
             if rendered is None:
                 return
-            owner = customer.traits.get(tasks.owner_trait)
-            if not isinstance(owner, str) or "@" not in owner:
-                owner = tasks.default_owner
+            owner = tasks.owner(customer.traits.get(tasks.owner_trait))
             row.address, row.language = owner, rendered.language
             row.attempts += 1
             if tasks.deliver == "email":
@@ -521,6 +546,10 @@ def deliver_timers(rules: Rules, settings: NotifySettings) -> Any:
                     provider_id = await go.deliver()
                 except DeliveryFailed as failed:
                     return failed
+                except Exception as exc:  # a send must never fail the round after others went
+                    log.exception("send failed", notification_id=go.row.notification_id)
+                    reason = f"{go.channel}: {type(exc).__name__}: {exc}"[:500]
+                    return DeliveryFailed(reason, permanent=False)
             if settings.fault_crash_point == "after_send":
                 log.warning("fault injection: SIGKILL after a send", id=go.row.notification_id)
                 os.kill(os.getpid(), signal.SIGKILL)

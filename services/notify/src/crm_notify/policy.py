@@ -29,6 +29,11 @@ class Address:
     """Why it is undeliverable or closed to marketing, when it is."""
 
 
+def _plain(address: str) -> bool:
+    """No control characters: an address goes into a mail header or an API form as it is."""
+    return all(ch >= " " and ch != "\x7f" for ch in address)
+
+
 def _address(value: str, point: dict[str, Any] | None) -> Address:
     if point is None:
         return Address(value, deliverable=True, marketing=True)
@@ -94,8 +99,8 @@ class Customer:
         if isinstance(value, str):
             try:
                 return ZoneInfo(value)
-            except (ZoneInfoNotFoundError, ValueError):
-                pass
+            except (ZoneInfoNotFoundError, ValueError, OSError):
+                pass  # not a zone (a directory such as "America", a name too long, ...)
         return ZoneInfo(default)
 
 
@@ -147,7 +152,7 @@ def _channel_refusal(
             return None, f"{channel}: no {kind} address"
         # Unreachable for any message: bounced (not deliverable), or complained about or
         # unsubscribed (closed to marketing, which profile records with the reason).
-        usable = [a for a in known if a.deliverable and a.marketing]
+        usable = [a for a in known if a.deliverable and a.marketing and _plain(a.value)]
         if not usable:
             first = known[0]
             return None, f"{channel}: unreachable ({first.reason or 'undeliverable'})"

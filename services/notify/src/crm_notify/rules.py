@@ -184,6 +184,20 @@ class Tasks(Strict):
         default="account_owner", description="the profile trait holding the owner's email"
     )
     default_owner: str = Field(description="the email address of tasks for nobody's customer")
+    owner_domains: list[str] = Field(
+        default_factory=list,
+        description="the owner trait is used only when its address is in one of these domains "
+        "(the company's own): anyone who can set traits could otherwise send tasks anywhere. "
+        "Empty: every task goes to default_owner",
+    )
+
+    def owner(self, trait: object) -> str:
+        """The task's addressee: the owner trait when it is a staff address, else the default."""
+        if isinstance(trait, str) and trait.count("@") == 1 and trait.isprintable():
+            domain = trait.rsplit("@", 1)[1].lower()
+            if domain in {d.lower() for d in self.owner_domains}:
+                return trait
+        return self.default_owner
 
 
 class Cap(Strict):

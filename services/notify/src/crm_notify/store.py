@@ -44,23 +44,18 @@ class NotificationRow:
 COLUMNS = [f.name for f in fields(NotificationRow)]
 
 
-async def remember_touchpoint(
-    conn: DbConnection,
-    source: str,
-    event_id: str,
-    profile_id: str,
-    type_: str,
-    event_time: datetime,
-) -> None:
-    await conn.execute(
-        "INSERT INTO touchpoints_seen (source, event_id, profile_id, type, event_time) "
-        "VALUES ($1, $2, $3, $4, $5) ON CONFLICT (source, event_id) DO NOTHING",
-        source,
-        event_id,
-        profile_id,
-        type_,
-        event_time,
+async def erased(conn: DbConnection, profile_id: str) -> bool:
+    return bool(
+        await conn.fetchval("SELECT true FROM erased_profiles WHERE profile_id = $1", profile_id)
     )
+
+
+async def merged_into(conn: DbConnection, survivor: str) -> list[str]:
+    """The profiles the replica says were merged into `survivor`."""
+    rows = await conn.fetch(
+        "SELECT profile_id FROM profile_replica WHERE merged_into = $1", survivor
+    )
+    return [r["profile_id"] for r in rows]
 
 
 async def insert(conn: DbConnection, row: NotificationRow) -> bool:
@@ -76,26 +71,37 @@ async def insert(conn: DbConnection, row: NotificationRow) -> bool:
 
 
 async def waiting(
-    conn: DbConnection, profile_id: str, triggers: Sequence[str]
+    conn: DbConnection, profile_ids: Sequence[str], triggers: Sequence[str]
 ) -> list[NotificationRow]:
-    """The profile's waiting notifications of `triggers`, locked."""
+    """The profiles' waiting notifications of `triggers`, locked."""
     rows = await conn.fetch(
         f"SELECT {', '.join(COLUMNS)} FROM notifications "
-        "WHERE profile_id = $1 AND trigger = ANY($2::text[]) AND status = 'waiting' "
-        "ORDER BY notification_id FOR UPDATE",
-        profile_id,
+        "WHERE profile_id = ANY($1::text[]) AND trigger = ANY($2::text[]) "
+        "AND status = 'waiting' ORDER BY notification_id FOR UPDATE",
+        list(profile_ids),
         list(triggers),
     )
     return [NotificationRow.of(r) for r in rows]
 
 
-async def lock_notifications(conn: DbConnection, ids: Sequence[str]) -> list[NotificationRow]:
+async def lock_notifications(
+    conn: DbConnection, ids: Sequence[str]
+) -> tuple[list[NotificationRow], set[str]]:
+    """The rows of `ids` no other transaction holds, locked, and the ids of those that no
+    longer exist. A row a consumer holds is skipped, not waited for: the consumer may be
+    waiting for the timer row this round holds."""
     rows = await conn.fetch(
         f"SELECT {', '.join(COLUMNS)} FROM notifications "
-        "WHERE notification_id = ANY($1::text[]) ORDER BY notification_id FOR UPDATE",
+        "WHERE notification_id = ANY($1::text[]) ORDER BY notification_id FOR UPDATE SKIP LOCKED",
         list(ids),
     )
-    return [NotificationRow.of(r) for r in rows]
+    locked = [NotificationRow.of(r) for r in rows]
+    found = {r.notification_id for r in locked}
+    rest = [i for i in ids if i not in found]
+    present = await conn.fetch(
+        "SELECT notification_id FROM notifications WHERE notification_id = ANY($1::text[])", rest
+    )
+    return locked, set(rest) - {r["notification_id"] for r in present}
 
 
 async def by_provider_id(
@@ -210,15 +216,21 @@ async def add_to_inbox(
     )
 
 
-async def erase(conn: DbConnection, profile_id: str) -> list[str]:
-    """Forget everything about the profile; returns the ids of the notifications that waited."""
+async def erase(conn: DbConnection, profile_id: str, at: datetime) -> list[str]:
+    """Forget everything about the profile, and that it may not come back; returns the ids of
+    the notifications that waited."""
     waited = await conn.fetch(
         "SELECT notification_id FROM notifications WHERE profile_id = $1 AND status = 'waiting'",
         profile_id,
     )
     await conn.execute("DELETE FROM notifications WHERE profile_id = $1", profile_id)
-    await conn.execute("DELETE FROM touchpoints_seen WHERE profile_id = $1", profile_id)
     await conn.execute("DELETE FROM loyalty_members WHERE profile_id = $1", profile_id)
+    await conn.execute(
+        "INSERT INTO erased_profiles (profile_id, erased_at) VALUES ($1, $2) "
+        "ON CONFLICT (profile_id) DO NOTHING",
+        profile_id,
+        at,
+    )
     return [r["notification_id"] for r in waited]
 
 

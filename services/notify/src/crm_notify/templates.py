@@ -10,12 +10,13 @@ rules' default language.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import cache
 from typing import Any
 
 from jinja2 import Template, TemplateError, Undefined
 from jinja2.sandbox import ImmutableSandboxedEnvironment
+from markupsafe import escape
 
 from crm_notify.rules import Message, Rules
 from crm_shared.configfile import Loc
@@ -86,3 +87,13 @@ def render(rules: Rules, template: str, wanted: str | None, context: dict[str, A
         text=_template(message.text, False).render(context),
         html=html,
     )
+
+
+def with_unsubscribe(rendered: Rendered, link: str) -> Rendered:
+    """The message with its unsubscribe link in every part that does not show it yet."""
+    text, html = rendered.text, rendered.html
+    if link not in text:
+        text = text.rstrip("\n") + f"\n\n--\nTo stop these emails: {link}\n"
+    if html is not None and escape(link) not in html:
+        html += f'\n<p><a href="{escape(link)}">Unsubscribe</a></p>'
+    return replace(rendered, text=text, html=html)
