@@ -26,7 +26,7 @@ from aiosmtpd.controller import Controller
 from prometheus_client import REGISTRY
 
 from crm_notify.app import build
-from crm_notify.rules import EXAMPLE_RULES, parse_rules
+from crm_notify.rules import EXAMPLE_RULES, Rules, parse_rules
 from crm_notify.settings import NotifySettings
 from crm_shared.contracts import (
     LOYALTY,
@@ -192,9 +192,7 @@ def touchpoint(type_: str, profile: str, **data: Any) -> dict[str, Any]:
 
 
 async def notifications(service: Service, profile: str) -> list[dict[str, Any]]:
-    async with httpx.AsyncClient(
-        transport=httpx.ASGITransport(app=service.app), base_url="http://notify"
-    ) as http:
+    async with api(service) as http:
         answer = await http.get(f"/v1/profiles/{profile}/notifications", headers=ADMIN)
         assert answer.status_code == 200, answer.text
         items: list[dict[str, Any]] = answer.json()["items"]
@@ -221,11 +219,39 @@ def sent_by_email() -> float:
     return REGISTRY.get_sample_value("crm_notify_notifications_total", labels) or 0.0
 
 
-def notify(endpoints: Endpoints, prefix: str, url: str, port: int, clock: ManualClock) -> Service:
+def notify(
+    endpoints: Endpoints,
+    prefix: str,
+    url: str,
+    port: int,
+    clock: ManualClock,
+    rules: Rules | None = None,
+    **extra: Any,
+) -> Service:
+    """Notify in this process, on this test's topics and database, sending mail to `port`."""
     settings = service_settings(
-        NotifySettings, endpoints, prefix, url, timer_poll_interval_s=0.05, smtp_port=port
+        NotifySettings, endpoints, prefix, url, timer_poll_interval_s=0.05, smtp_port=port, **extra
     )
-    return build(settings, clock=clock)
+    return build(settings, rules, clock=clock)
+
+
+def api(service: Service) -> httpx.AsyncClient:
+    return httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=service.app), base_url="http://notify"
+    )
+
+
+class LocalServer:
+    """A real HTTP server on a free port, in a thread."""
+
+    def __init__(self, handler: type[BaseHTTPRequestHandler]) -> None:
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        self.base = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
 
 
 async def test_triggers_respect_consent_language_quiet_hours_and_send_once(
@@ -408,7 +434,7 @@ async def test_an_order_cancels_the_abandoned_cart_and_an_erasure_the_rest(
         assert inbox.to(f"{buyer}@example.org") == inbox.to(f"{erased}@example.org") == []
 
 
-class Receiver:
+class Receiver(LocalServer):
     """A webhook endpoint on a real HTTP server: records every call, and answers the first
     `failures` with 503."""
 
@@ -428,14 +454,8 @@ class Receiver:
             def log_message(self, *_: Any) -> None:
                 pass
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/tasks"
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-        self.thread.start()
-
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
+        super().__init__(Handler)
+        self.url = f"{self.base}/tasks"
 
 
 async def test_an_unanswered_call_sends_a_signed_task_to_the_owner_and_an_answer_cancels_it(
@@ -451,17 +471,17 @@ async def test_an_unanswered_call_sends_a_signed_task_to_the_owner_and_an_answer
     rules = parse_rules(
         EXAMPLE_RULES.read_text().replace("  deliver: email ", "  deliver: webhook ")
     )
-    settings = service_settings(
-        NotifySettings,
+    url = await databases.create("notify")
+    service = notify(
         endpoints,
         topic_prefix,
-        await databases.create("notify"),
-        timer_poll_interval_s=0.05,
-        smtp_port=port,
+        url,
+        port,
+        clock,
+        rules,
         webhook_url=receiver.url,
         webhook_secret=secret,
     )
-    service = build(settings, rules, clock=clock)
 
     def call(profile: str) -> dict[str, Any]:
         event = resolved(
@@ -563,7 +583,7 @@ async def test_an_unanswered_call_sends_a_signed_task_to_the_owner_and_an_answer
     assert payload["subject"] == "Unanswered for 2 business days: Rūta"
 
 
-class SmsProvider:
+class SmsProvider(LocalServer):
     """A local server speaking Twilio's Messages API: checks basic auth, records each message
     and its idempotency token, refuses numbers in `invalid` with a 400 like Twilio's."""
 
@@ -603,13 +623,8 @@ class SmsProvider:
             def log_message(self, *_: Any) -> None:
                 pass
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
+        super().__init__(Handler)
+        self.url = self.base
 
 
 async def test_sms_when_email_bounced_with_the_providers_status_callback(
@@ -621,20 +636,18 @@ async def test_sms_when_email_bounced_with_the_providers_status_callback(
     clock = ManualClock(NOW)
     tag = uuid.uuid4().hex[:6]
     reachable, invalid = f"p-sms-{tag}", f"p-bad-{tag}"
-    settings = service_settings(
-        NotifySettings,
+    service = notify(
         endpoints,
         topic_prefix,
         await databases.create("notify"),
-        timer_poll_interval_s=0.05,
-        smtp_port=port,
+        port,
+        clock,
         sms_api_url=provider.url,
         sms_account_sid=sid,
         sms_auth_token=token,
         sms_from="+37060000001",
         public_base_url=public,
     )
-    service = build(settings, clock=clock)
     try:
         async with running(service):
             await send_to(
@@ -670,9 +683,7 @@ async def test_sms_when_email_bounced_with_the_providers_status_callback(
                 "MessageStatus": "delivered",
                 "To": "+37060000002",
             }
-            async with httpx.AsyncClient(
-                transport=httpx.ASGITransport(app=service.app), base_url="http://notify"
-            ) as http:
+            async with api(service) as http:
                 forged = await http.post(
                     "/v1/callbacks/sms/status",
                     data=callback,
@@ -726,17 +737,10 @@ async def test_a_marketing_email_carries_a_one_click_unsubscribe_that_goes_throu
     tag = uuid.uuid4().hex[:6]
     ana, address = f"p-ana-{tag}", f"ana-{tag}@example.org"
     public = "https://notify.example.org"
-    settings = service_settings(
-        NotifySettings,
-        endpoints,
-        topic_prefix,
-        await databases.create("notify"),
-        timer_poll_interval_s=0.05,
-        smtp_port=port,
-        ingest_url=ingest.url,
-        public_base_url=public,
+    url = await databases.create("notify")
+    service = notify(
+        endpoints, topic_prefix, url, port, clock, ingest_url=ingest.url, public_base_url=public
     )
-    service = build(settings, clock=clock)
     try:
         await ingest.wait_ready()
         async with running(service):
@@ -758,9 +762,7 @@ async def test_a_marketing_email_carries_a_one_click_unsubscribe_that_goes_throu
             assert link.startswith(f"{public}/v1/unsubscribe?token=")
             assert link in email.get_body(("plain",)).get_content()  # type: ignore[union-attr]
             path = link.removeprefix(public)
-            async with httpx.AsyncClient(
-                transport=httpx.ASGITransport(app=service.app), base_url="http://notify"
-            ) as http:
+            async with api(service) as http:
                 page = await http.get(path)
                 clicks = [
                     await http.post(path, content=b"List-Unsubscribe=One-Click") for _ in range(2)
@@ -895,16 +897,9 @@ async def test_two_instances_send_each_message_once_and_caps_hold(
     tag = uuid.uuid4().hex[:6]
     people = [f"p-{n:02}-{tag}" for n in range(30)]
     url = await databases.create("notify")
-    settings = service_settings(
-        NotifySettings,
-        endpoints,
-        topic_prefix,
-        url,
-        timer_poll_interval_s=0.05,
-        timer_batch_size=4,
-        smtp_port=port,
+    first, second = (
+        notify(endpoints, topic_prefix, url, port, clock, timer_batch_size=4) for _ in range(2)
     )
-    first, second = build(settings, clock=clock), build(settings, clock=clock)
     consent = [("marketing", "email")]
     async with running(first), running(second):
         await send_to(
@@ -994,9 +989,7 @@ async def test_surveys_need_their_consent_offers_skip_members_and_the_inbox_is_t
         survey = [n for n in await settled(service, surveyed, 1) if n["trigger"] == "csat-survey"]
         (to_member,) = await settled(service, member, 1)
         (to_prospect,) = await settled(service, prospect, 1)
-        async with httpx.AsyncClient(
-            transport=httpx.ASGITransport(app=service.app), base_url="http://notify"
-        ) as http:
+        async with api(service) as http:
             box = (await http.get(f"/v1/profiles/{boxed}/inbox", headers=ADMIN)).json()
             preview = await http.post(
                 "/v1/templates/tier-up/preview",
