@@ -46,7 +46,7 @@ async def test_migrate_applies_each_service_once_on_a_fresh_database_then_nothin
             "notify",
             "plumbing/0001_plumbing, profile_replica/0001_profile_replica, timers/0001_timers, "
             "notify/0001_init, notify/0002_notifications, notify/0003_provider_ids, "
-            "notify/0004_erased",
+            "notify/0004_erased, notify/0005_sms_statuses",
         ),
     ]:
         url = await databases.create(name)

@@ -38,6 +38,7 @@ from crm_shared.contracts import (
     ContactPoint,
     Identifier,
     ProfileSnapshotData,
+    derived_event_id,
     profile_snapshot,
 )
 from crm_shared.service import Service
@@ -635,7 +636,20 @@ async def test_sms_when_email_bounced_with_the_providers_status_callback(
     provider = SmsProvider(sid, token, invalid={"+37069999999"})
     clock = ManualClock(NOW)
     tag = uuid.uuid4().hex[:6]
-    reachable, invalid = f"p-sms-{tag}", f"p-bad-{tag}"
+    reachable, invalid, early = f"p-sms-{tag}", f"p-bad-{tag}", f"p-early-{tag}"
+    callback_url = f"{public}/v1/callbacks/sms/status"
+
+    def status(message_token: str, state: str) -> dict[str, str]:
+        """A status callback as the provider posts it (the fake provider's sid is derived
+        from the idempotency token, which is the notification id)."""
+        return {
+            "MessageSid": f"SM{uuid.uuid5(uuid.NAMESPACE_URL, message_token).hex}",
+            "MessageStatus": state,
+        }
+
+    def signed(callback: dict[str, str]) -> dict[str, str]:
+        return {"X-Twilio-Signature": twilio_signature(token, callback_url, callback)}
+
     service = notify(
         endpoints,
         topic_prefix,
@@ -658,57 +672,73 @@ async def test_sms_when_email_bounced_with_the_providers_status_callback(
                         reachable, f"{reachable}@example.org", bounced=True, phone="+37060000002"
                     ),
                     person(invalid, f"{invalid}@example.org", bounced=True, phone="+37069999999"),
+                    person(early, f"{early}@example.org", bounced=True, phone="+37060000003"),
                 ],
             )
             expiring: dict[str, Any] = {"points": 120, "expires_at": "2026-12-20T00:00:00Z"}
-            await send_to(
-                endpoints,
-                LOYALTY.full_name(topic_prefix),
-                [loyalty_event("points_expiring", who, **expiring) for who in (reachable, invalid)],
+            events_in = [
+                loyalty_event("points_expiring", who, **expiring)
+                for who in (reachable, invalid, early)
+            ]
+            # The provider may call back before the round that sent the message committed:
+            # here, before the message even went. The status waits, then a timer applies it.
+            early_id = derived_event_id(
+                "notification",
+                f"points-expiring:{early}:crm-loyalty:{events_in[2]['id']}",
+                "crm-loyalty",
+                events_in[2]["id"],
             )
+            too_soon = status(early_id, "undelivered") | {"ErrorCode": "30003"}
+            async with api(service) as http:
+                answer = await http.post(
+                    "/v1/callbacks/sms/status", data=too_soon, headers=signed(too_soon)
+                )
+                assert answer.status_code == 200
+            await send_to(endpoints, LOYALTY.full_name(topic_prefix), events_in)
             (sent,) = await settled(service, reachable, 1)
             (refused,) = await settled(service, invalid, 1)
             assert (sent["status"], sent["channel"]) == ("sent", "sms")
             assert (refused["status"], refused["channel"]) == ("failed", "sms")
             assert refused["reason"] == "sms: HTTP 400 21211: Invalid 'To' Phone Number"
             assert refused["attempts"] == 1, "a 400 is not tried again"
-            (message,) = provider.messages
+            (message, _) = sorted(provider.messages, key=lambda m: m["To"])
             assert message["To"] == "+37060000002"
             assert message["Body"] == "Use your 120 points before 2026-12-20."
             assert message["token"] == sent["notification_id"]
             assert message["StatusCallback"] == f"{public}/v1/callbacks/sms/status"
 
-            callback = {
-                "MessageSid": f"SM{uuid.uuid5(uuid.NAMESPACE_URL, message['token']).hex}",
-                "MessageStatus": "delivered",
-                "To": "+37060000002",
-            }
+            callback = status(message["token"], "delivered")
             async with api(service) as http:
                 forged = await http.post(
                     "/v1/callbacks/sms/status",
                     data=callback,
                     headers={"X-Twilio-Signature": "Zm9yZ2Vk"},
                 )
-                signed = await http.post(
-                    "/v1/callbacks/sms/status",
-                    data=callback,
-                    headers={
-                        "X-Twilio-Signature": twilio_signature(
-                            token, f"{public}/v1/callbacks/sms/status", callback
-                        )
-                    },
+                taken = await http.post(
+                    "/v1/callbacks/sms/status", data=callback, headers=signed(callback)
                 )
             assert forged.status_code == 401
-            assert signed.status_code == 200
+            assert taken.status_code == 200
             (delivered,) = await notifications(service, reachable)
             assert delivered["status"] == "delivered"
+            await settled(service, early, 1)  # sent, with the status kept meanwhile
+            clock.advance(timedelta(seconds=6))  # the kept status's timer
+
+            async def early_failed() -> bool:
+                (item,) = await notifications(service, early)
+                return bool(item["status"] == "failed")
+
+            await wait_until(early_failed, what="the early status applied")
+            (undelivered,) = await notifications(service, early)
             events = values_of(
                 await read_topic(
-                    endpoints.bootstrap, NOTIFICATIONS.full_name(topic_prefix), at_least=5
+                    endpoints.bootstrap, NOTIFICATIONS.full_name(topic_prefix), at_least=8
                 )
             )
     finally:
         provider.close()
+    assert undelivered["notification_id"] == early_id
+    assert undelivered["reason"] == "sms: undelivered (error 30003)"
     states = sorted((e["data"]["profile_id"], e["type"].rsplit(".", 1)[1]) for e in events)
     assert states == sorted(
         [
@@ -717,6 +747,9 @@ async def test_sms_when_email_bounced_with_the_providers_status_callback(
             (reachable, "delivered"),
             (invalid, "requested"),
             (invalid, "failed"),
+            (early, "requested"),
+            (early, "sent"),
+            (early, "failed"),
         ]
     )
 

@@ -12,7 +12,7 @@ from fastapi.responses import HTMLResponse, JSONResponse, Response
 from pydantic import BaseModel, Field
 
 from crm_notify import store
-from crm_notify.handlers import Emitter
+from crm_notify.handlers import Emitter, apply_sms_status
 from crm_notify.rules import Rules
 from crm_notify.settings import NotifySettings
 from crm_notify.templates import render
@@ -259,21 +259,8 @@ async def sms_status(request: Request) -> Response:
     out = Emitter(runtime)
     now = runtime.clock.now()
     async with runtime.db.acquire() as conn, unit_of_work(conn):
-        row = await store.by_provider_id(conn, "sms", sid)
-        if row is not None and row.status == "sent":
-            if state == "delivered":
-                row.status, row.updated_at = "delivered", now
-                out.emit("delivered", row, now)
-            else:
-                code = params.get("ErrorCode") or "none"
-                row.status, row.reason, row.updated_at = (
-                    "failed",
-                    f"sms: {state} (error {code})",
-                    now,
-                )
-                out.emit("failed", row, now)
-            await store.save(conn, row)
-            await write_outbox(conn, out.records)
+        await apply_sms_status(conn, out, sid, state, params.get("ErrorCode") or None, now)
+        await write_outbox(conn, out.records)
     if out.records and runtime.relay is not None:
         runtime.relay.wake()
     return taken()

@@ -53,6 +53,10 @@ from crm_shared.timers import Fire, Timer, schedule
 log = get_logger(__name__)
 
 DELIVER = "deliver"
+SMS_STATUS = "sms_status"
+SMS_STATUS_RETRY = timedelta(seconds=5)
+SMS_STATUS_PATIENCE = timedelta(minutes=10)
+"""How long a status callback waits for its message's row before it is dropped."""
 MERGE_HOPS = 16
 """How far a chain of merged profiles is followed (profile keeps chains one step long)."""
 
@@ -117,6 +121,31 @@ class Batch:
 
     def __contains__(self, row: object) -> bool:
         return isinstance(row, NotificationRow) and row.notification_id in self._rows
+
+
+async def apply_sms_status(
+    conn: DbConnection, out: Emitter, sid: str, state: str, code: str | None, now: datetime
+) -> bool:
+    """Apply a final SMS status to its message; False when no sent message has that provider
+    id yet (the round that sent it may not have committed): then the status is kept and a
+    timer tries again."""
+    row = await store.by_provider_id(conn, "sms", sid)
+    if row is None:
+        await store.keep_sms_status(conn, sid, state, code, now)
+        await schedule(conn, SMS_STATUS, [(sid, now + SMS_STATUS_RETRY)])
+        return False
+    if row.status == "sent":
+        if state == "delivered":
+            row.status, row.updated_at = "delivered", now
+            out.emit("delivered", row, now)
+        else:
+            row.status, row.updated_at = "failed", now
+            row.reason = f"sms: {state} (error {code or 'none'})"
+            out.emit("failed", row, now)
+        await store.save(conn, row)
+    await store.drop_sms_status(conn, sid)
+    await schedule(conn, SMS_STATUS, [(sid, None)])
+    return True
 
 
 def first_due(rules: Rules, trigger: Trigger, cause_time: datetime) -> datetime:
@@ -318,6 +347,23 @@ def deliver_timers(rules: Rules, settings: NotifySettings) -> Any:
             conn: DbConnection, timers: Sequence[Timer], now: datetime
         ) -> tuple[Sequence[OutgoingRecord], int]:
             out = Emitter(runtime)
+            handled = 0
+            for timer in timers:
+                if timer.kind != SMS_STATUS:
+                    continue
+                kept = await store.kept_sms_status(conn, timer.key)
+                if kept is None:
+                    await schedule(conn, SMS_STATUS, [(timer.key, None)])
+                elif (
+                    not await apply_sms_status(
+                        conn, out, timer.key, kept["state"], kept["error_code"], now
+                    )
+                    and now - kept["received_at"] > SMS_STATUS_PATIENCE
+                ):
+                    log.warning("sms status for an unknown message dropped", sid=timer.key)
+                    await store.drop_sms_status(conn, timer.key)
+                    await schedule(conn, SMS_STATUS, [(timer.key, None)])
+                handled += 1
             ids = [t.key for t in timers if t.kind == DELIVER]
             locked, gone = await store.lock_notifications(conn, ids)
             rows = {r.notification_id: r for r in locked}
@@ -325,7 +371,7 @@ def deliver_timers(rules: Rules, settings: NotifySettings) -> Any:
             # One decision at a time per customer (caps count what went before), across
             # instances: a customer another instance is deciding for waits for a later round.
             free = await try_lock_keys(conn, {f"notify:{r.profile_id}" for r in rows.values()})
-            handled = len(gone)
+            handled += len(gone)
             batch = Batch()
             for row in rows.values():
                 if f"notify:{row.profile_id}" not in free:

@@ -132,6 +132,31 @@ async def overlapping(conn: DbConnection, row: NotificationRow, profile_id: str)
     )
 
 
+async def keep_sms_status(
+    conn: DbConnection, provider_id: str, state: str, error_code: str | None, at: datetime
+) -> None:
+    await conn.execute(
+        "INSERT INTO sms_statuses (provider_id, state, error_code, received_at) "
+        "VALUES ($1, $2, $3, $4) ON CONFLICT (provider_id) DO UPDATE SET "
+        "state = EXCLUDED.state, error_code = EXCLUDED.error_code",
+        provider_id,
+        state,
+        error_code,
+        at,
+    )
+
+
+async def kept_sms_status(conn: DbConnection, provider_id: str) -> asyncpg.Record | None:
+    return await conn.fetchrow(
+        "SELECT state, error_code, received_at FROM sms_statuses WHERE provider_id = $1",
+        provider_id,
+    )
+
+
+async def drop_sms_status(conn: DbConnection, provider_id: str) -> None:
+    await conn.execute("DELETE FROM sms_statuses WHERE provider_id = $1", provider_id)
+
+
 async def live_key_taken(conn: DbConnection, dedupe_key: str, other_than: str) -> bool:
     return bool(
         await conn.fetchval(
