@@ -113,7 +113,13 @@ async def test_rfm_segments_over_everyone_then_at_once_for_a_new_order(
     assert {"segment": "lost", "entered": True} in [
         {k: c[k] for k in ("segment", "entered")} for c in comeback
     ]
-    assert comeback[-1]["previous_segment"] == "lost"
+    # The three comeback orders may be applied in one batch or two: the customer leaves lost
+    # in one move, perhaps followed by another, and ends where the API says.
+    left = [c for c in comeback if c["entered"] and c.get("previous_segment") == "lost"]
+    assert len(left) == 1
+    assert comeback.index(left[0]) >= comeback.index(
+        next(c for c in comeback if c["segment"] == "lost" and c["entered"])
+    )
     assert comeback[-1]["segment"] == again["rfm"]["segment"]
 
 
