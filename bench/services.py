@@ -5,11 +5,18 @@ and cleaning up after themselves."""
 from __future__ import annotations
 
 import argparse
+import asyncio
 import os
+import shutil
+import sys
+import tempfile
+import time
 import uuid
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import asyncpg
 from aiokafka import AIOKafkaProducer
@@ -21,9 +28,12 @@ from common import (
     CpuGroups,
     children_of,
     create_database,
+    describe,
     drop_databases,
+    endpoints_from_environment,
     fixed,
     local_broker_pid,
+    write_section,
 )
 from crm_shared.kafka import create_topics, publish_each
 
@@ -144,3 +154,44 @@ async def drained(
         raise BenchFailure(
             f"{handled} of {expected} records handled, outbox rows left: {queued > 0}"
         ) from exc
+
+
+R = TypeVar("R", bound=ServiceRun)
+
+
+def run_bench(
+    name: str,
+    args: argparse.Namespace,
+    make_run: Callable[[Endpoints, argparse.Namespace, Path], R],
+    bench: Callable[[R], Coroutine[Any, Any, None]],
+    render: Callable[[R, datetime, float], str],
+) -> int:
+    """A service benchmark's `main`: run it, write its section of bench/RESULTS.md, and clean
+    up its processes, topics, databases and logs (unless --keep), also when it fails."""
+    started_at = datetime.now(UTC)
+    started = time.perf_counter()
+    work = Path(tempfile.mkdtemp(prefix=f"crm-bench-{name}-"))
+    run: R | None = None
+    try:
+        run = make_run(endpoints_from_environment(), args, work)
+        asyncio.run(bench(run))
+        write_section(name, render(run, started_at, time.perf_counter() - started))
+    except Exception as exc:  # any failure ends the run; say what and where to look
+        print(f"bench: FAILED: {describe(exc)}", file=sys.stderr)
+        print(f"bench: the services' logs are in {work}", file=sys.stderr)
+        return 1
+    finally:
+        if run is not None:
+            run.stop()
+            if not args.keep:
+                try:
+                    asyncio.run(run.cleanup())
+                except Exception as exc:  # reported; the run's outcome stands
+                    print(f"bench: could not clean up: {describe(exc)}", file=sys.stderr)
+    if not args.keep:
+        shutil.rmtree(work)
+    print(f"bench: done in {time.perf_counter() - started:.0f} s; wrote its section of {RESULTS}")
+    return 0
+
+
+RESULTS = "bench/RESULTS.md"

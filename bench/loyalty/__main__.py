@@ -27,9 +27,7 @@ import argparse
 import asyncio
 import json
 import random
-import shutil
 import sys
-import tempfile
 import time
 import uuid
 from collections.abc import Sequence
@@ -50,13 +48,10 @@ from common import (  # noqa: E402
     CpuGroups,
     broker_name,
     cpu_count,
-    describe,
-    endpoints_from_environment,
     git_revision,
     host_facts,
     machine_busy_seconds,
     postgres_facts,
-    write_section,
 )
 from crm_loyalty.app import migrations  # noqa: E402
 from crm_loyalty.check import check  # noqa: E402
@@ -73,10 +68,9 @@ from crm_shared.database import (  # noqa: E402
 )
 from crm_shared.kafka import CLOUDEVENTS_CONTENT_TYPE, OutgoingRecord  # noqa: E402
 from crm_shared.outbox import write_outbox  # noqa: E402
-from services import PARTITIONS, ServiceRun, drained, publish  # noqa: E402
+from services import PARTITIONS, ServiceRun, drained, publish, run_bench  # noqa: E402
 
 COMMAND = ".venv/bin/python bench/loyalty"
-RESULTS_NAME = "bench/RESULTS.md"
 # The aims the issue sets, on the 2-CPU machine these runs are made on.
 AIM_EVENTS_PER_S = 10_000
 AIM_RFM_S = 60.0
@@ -451,33 +445,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = parse_args(argv)
-    started_at = datetime.now(UTC)
-    started = time.perf_counter()
-    work = Path(tempfile.mkdtemp(prefix="crm-bench-loyalty-"))
-    run: Run | None = None
-    try:
-        run = Run(endpoints_from_environment(), args, work)
-        asyncio.run(bench(run))
-        write_section("loyalty", render(run, started_at, time.perf_counter() - started))
-    except Exception as exc:  # any failure ends the run; say what and where to look
-        print(f"bench: FAILED: {describe(exc)}", file=sys.stderr)
-        print(f"bench: the services' logs are in {work}", file=sys.stderr)
-        return 1
-    finally:
-        if run is not None:
-            run.stop()
-            if not args.keep:
-                try:
-                    asyncio.run(run.cleanup())
-                except Exception as exc:  # reported; the run's outcome stands
-                    print(f"bench: could not clean up: {describe(exc)}", file=sys.stderr)
-    if not args.keep:
-        shutil.rmtree(work)
-    print(
-        f"bench: done in {time.perf_counter() - started:.0f} s; wrote its section of {RESULTS_NAME}"
-    )
-    return 0
+    return run_bench("loyalty", parse_args(argv), Run, bench, render)
 
 
 if __name__ == "__main__":

@@ -25,12 +25,9 @@ Topics and databases get a run prefix and are deleted at the end.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import random
-import shutil
 import sys
-import tempfile
 import threading
 import time
 import uuid
@@ -51,21 +48,17 @@ from common import (  # noqa: E402
     CpuGroups,
     broker_name,
     cpu_count,
-    describe,
-    endpoints_from_environment,
     git_revision,
     host_facts,
     machine_busy_seconds,
     postgres_facts,
-    write_section,
 )
 from crm_shared.contracts import LOYALTY, PROFILES, TOUCHPOINTS_RESOLVED  # noqa: E402
 from crm_shared.contracts.examples import example_event  # noqa: E402
 from crm_shared.kafka import CLOUDEVENTS_CONTENT_TYPE, OutgoingRecord  # noqa: E402
-from services import PARTITIONS, ServiceRun, drained, publish  # noqa: E402
+from services import PARTITIONS, ServiceRun, drained, publish, run_bench  # noqa: E402
 
 COMMAND = ".venv/bin/python bench/notify"
-RESULTS_NAME = "bench/RESULTS.md"
 
 # (touchpoint type, extra data, share of the load)
 MIX: list[tuple[str, dict[str, Any], float]] = [
@@ -300,33 +293,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = parse_args(argv)
-    started_at = datetime.now(UTC)
-    started = time.perf_counter()
-    work = Path(tempfile.mkdtemp(prefix="crm-bench-notify-"))
-    run: Run | None = None
-    try:
-        run = Run(endpoints_from_environment(), args, work)
-        asyncio.run(bench(run))
-        write_section("notify", render(run, started_at, time.perf_counter() - started))
-    except Exception as exc:  # any failure ends the run; say what and where to look
-        print(f"bench: FAILED: {describe(exc)}", file=sys.stderr)
-        print(f"bench: the services' logs are in {work}", file=sys.stderr)
-        return 1
-    finally:
-        if run is not None:
-            run.stop()
-            if not args.keep:
-                try:
-                    asyncio.run(run.cleanup())
-                except Exception as exc:  # reported; the run's outcome stands
-                    print(f"bench: could not clean up: {describe(exc)}", file=sys.stderr)
-    if not args.keep:
-        shutil.rmtree(work)
-    print(
-        f"bench: done in {time.perf_counter() - started:.0f} s; wrote its section of {RESULTS_NAME}"
-    )
-    return 0
+    return run_bench("notify", parse_args(argv), Run, bench, render)
 
 
 if __name__ == "__main__":

@@ -29,13 +29,11 @@ import base64
 import contextlib
 import json
 import random
-import shutil
 import sys
-import tempfile
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -55,21 +53,17 @@ from common import (  # noqa: E402
     as_records,
     broker_name,
     cpu_count,
-    describe,
-    endpoints_from_environment,
     git_revision,
     host_facts,
     machine_busy_seconds,
     percentile,
     postgres_facts,
-    write_section,
 )
 from crm_shared.contracts import PROFILES, TOUCHPOINTS, TOUCHPOINTS_RESOLVED  # noqa: E402
 from crm_shared.kafka import create_topics  # noqa: E402
-from services import PARTITIONS, ServiceRun, drained, publish  # noqa: E402
+from services import PARTITIONS, ServiceRun, drained, publish, run_bench  # noqa: E402
 
 COMMAND = ".venv/bin/python bench/profile"
-RESULTS_NAME = "bench/RESULTS.md"
 AUTHORIZATION = "Basic " + base64.b64encode(b"dev-write-key:").decode()
 # The aims the issue sets, on the 2-CPU machine these runs are made on.
 AIM_EVENTS_PER_S = 10_000
@@ -566,33 +560,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = parse_args(argv)
-    started_at = datetime.now(UTC)
-    started = time.perf_counter()
-    work = Path(tempfile.mkdtemp(prefix="crm-bench-profile-"))
-    run: Run | None = None
-    try:
-        run = Run(endpoints_from_environment(), args, work)
-        asyncio.run(bench(run))
-        write_section("profile", render(run, started_at, time.perf_counter() - started))
-    except Exception as exc:  # any failure ends the run; say what and where to look
-        print(f"bench: FAILED: {describe(exc)}", file=sys.stderr)
-        print(f"bench: the services' logs are in {work}", file=sys.stderr)
-        return 1
-    finally:
-        if run is not None:
-            run.stop()
-            if not args.keep:
-                try:
-                    asyncio.run(run.cleanup())
-                except Exception as exc:  # reported; the run's outcome stands
-                    print(f"bench: could not clean up: {describe(exc)}", file=sys.stderr)
-    if not args.keep:
-        shutil.rmtree(work)
-    print(
-        f"bench: done in {time.perf_counter() - started:.0f} s; wrote its section of {RESULTS_NAME}"
-    )
-    return 0
+    return run_bench("profile", parse_args(argv), Run, bench, render)
 
 
 if __name__ == "__main__":
