@@ -213,7 +213,10 @@ async def test_loyalty_killed_mid_batch_earns_every_order_exactly_once_after_res
     assert entries == len(orders)
     assert await check(url) == 0
     await wait_until(lambda: _outbox_empty(url), timeout=60, what="the outbox to drain")
-    earned = values_of(
+    published = values_of(
         await read_topic(endpoints.bootstrap, LOYALTY.full_name(topic_prefix), at_least=len(orders))
     )
+    # Besides the points, the RFM timer may have scored these 20 customers (segment_changed).
+    earned = [e for e in published if e["type"] == "crm.loyalty.points_earned"]
+    assert len(earned) >= len(orders), {e["type"] for e in published}
     assert len({e["id"] for e in earned}) == len(orders), "a re-published event keeps its id"
