@@ -244,7 +244,10 @@ class ServiceProcess:
                 raise AssertionError(f"{self.module} exited with {code}; log:\n{self.tail()}")
             return await asyncio.to_thread(_http_ok, f"{self.url}/readyz")
 
-        await wait_until(ready, timeout=timeout, what=f"{self.module} ready")
+        try:
+            await wait_until(ready, timeout=timeout, what=f"{self.module} ready")
+        except AssertionError as error:
+            raise AssertionError(f"{error}; log:\n{self.tail()}") from None
 
     async def wait_exit(self, timeout: float = 60.0) -> int:
         deadline = time.monotonic() + timeout

@@ -197,6 +197,11 @@ class IdempotentConsumer(Generic[E]):
         )
         self._subscriber(on_batch)
 
+    async def start(self) -> None:
+        """Join the group (after `subscribe` and the broker's `connect`); returns once the
+        group has assigned this consumer its partitions."""
+        await self._subscriber.start()
+
     async def handle(self, record: ConsumerRecord[bytes, bytes]) -> None:
         await self.handle_batch((record,))
 

@@ -228,9 +228,9 @@ class Service:
                     relay=runtime.relay,
                     settings=stateful,
                 )
-                consumer.subscribe(
-                    broker, group_id=f"{settings.topic_prefix}crm-{settings.service_name}"
-                )
+                # A group per consumer (crm-notify.touchpoints, ...): a topic's rebalance
+                # stops only that topic's consumers, and the groups are joined together.
+                consumer.subscribe(broker, group_id=f"{settings.topic_prefix}crm-{spec.name}")
                 runtime.consumers.append(consumer)
             if self._fire is not None:
                 runtime.timers = TimerRunner(
@@ -243,7 +243,10 @@ class Service:
                     poll_interval_s=stateful.timer_poll_interval_s,
                 )
         app.state.runtime = runtime
-        await broker.start()
+        await broker.connect()
+        # Each start waits until its group has given it partitions; FastStream's `start`
+        # would join the groups one after another.
+        await asyncio.gather(*(consumer.start() for consumer in runtime.consumers))
         if runtime.timers is not None:
             runtime.timers.start()
         log.info(
