@@ -134,8 +134,11 @@ async def progress(conn: asyncpg.Connection, processes: list[ServiceProcess]) ->
     for process in processes:
         for outcome in ("processed", "duplicate"):
             handled += await process.metric("crm_consumer_records_total", outcome=outcome)
-    queued = await conn.fetchval("SELECT count(*) FROM (SELECT 1 FROM outbox LIMIT 1) AS o")
-    return int(handled), int(queued)
+    # By the primary key: a plain LIMIT 1 reads the heap from its start, through every row the
+    # relay deleted and vacuum has not yet reclaimed (7 ms a poll, PostgreSQL's CPU the bench
+    # would have charged to the service).
+    first = await conn.fetchval("SELECT id FROM outbox ORDER BY id LIMIT 1")
+    return int(handled), int(first is not None)
 
 
 async def drained(

@@ -12,7 +12,7 @@ from crm_profile import store
 from crm_profile.batch import BatchResolution
 from crm_profile.settings import ProfileSettings
 from crm_profile.snapshots import snapshot_of
-from crm_shared.consumer import ApplyBatch, Contended
+from crm_shared.consumer import ApplyBatch
 from crm_shared.contracts import PROFILES, TOUCHPOINTS_RESOLVED, TouchpointEnvelope
 from crm_shared.database import DbConnection
 from crm_shared.kafka import OutgoingRecord
@@ -38,13 +38,14 @@ def touchpoint_effects(runtime: Runtime) -> ApplyBatch[TouchpointEnvelope[Any]]:
         now = datetime.now(UTC)
         keys = sorted({key for event in events for key in event.data.identities.pairs()})
         # Locks in a fixed order: the batch's identifiers (sorted advisory locks), then the
-        # profiles that own them (sorted row locks). A merge that moved an identifier while
-        # this transaction waited shows as a changed owner: then the batch starts again.
+        # profiles that own them (sorted row locks). Owners read under the first are final
+        # once the second are held: an identifier is attached or deleted only under its own
+        # advisory lock, and moves only when its profile is merged away or erased, in the
+        # transaction that marks the profile so; `lock_owners` finds that mark (Contended:
+        # the batch starts again).
         await store.lock_identifiers(conn, keys)
         owners = await store.owners(conn, keys)
         profiles = await store.lock_owners(conn, owners.values())
-        if await store.owners(conn, keys) != owners:
-            raise Contended("an identifier moved while this transaction waited")
 
         batch = BatchResolution(owners, profiles, rules)
         outgoing: list[OutgoingRecord] = []

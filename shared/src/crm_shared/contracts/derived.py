@@ -12,7 +12,13 @@ from typing import Annotated, Any, Literal
 
 from pydantic import AwareDatetime, Field, TypeAdapter
 
-from crm_shared.contracts.envelope import CloudEvent, Contract, NonEmptyStr, derived_event_id
+from crm_shared.contracts.envelope import (
+    CLEAN_JSON,
+    CloudEvent,
+    Contract,
+    NonEmptyStr,
+    derived_event_id,
+)
 from crm_shared.contracts.touchpoints import (
     Channel,
     ConsentPurpose,
@@ -116,15 +122,20 @@ class ProfileSnapshot(CloudEvent[ProfileSnapshotData]):
 
 
 def profile_snapshot(data: ProfileSnapshotData, *, source: str, time: datetime) -> ProfileSnapshot:
-    """The snapshot envelope; its id is fixed by (profile, version)."""
-    return ProfileSnapshot(
-        specversion="1.0",
-        id=derived_event_id("profile-snapshot", data.profile_id, str(data.version)),
-        source=source,
-        type="crm.profile.snapshot",
-        time=time,
-        subject=data.profile_id,
-        data=data,
+    """The snapshot envelope; its id is fixed by (profile, version). `data` comes from the
+    profile as PostgreSQL stores it, whose text and jsonb hold no NUL character and no number
+    that is not finite, so the envelope's search for them is skipped."""
+    return ProfileSnapshot.model_validate(
+        {
+            "specversion": "1.0",
+            "id": derived_event_id("profile-snapshot", data.profile_id, str(data.version)),
+            "source": source,
+            "type": "crm.profile.snapshot",
+            "time": time,
+            "subject": data.profile_id,
+            "data": data,
+        },
+        context={CLEAN_JSON: True},
     )
 
 
