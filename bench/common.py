@@ -304,8 +304,13 @@ def git_revision() -> str:
     head = subprocess.run(
         ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True
     )
+    # Every file but the results, which each bench rewrites: running two in a row is not a
+    # local change.
     dirty = subprocess.run(
-        ["git", "status", "--porcelain"], cwd=ROOT, capture_output=True, text=True
+        ["git", "status", "--porcelain", "--", ".", ":(exclude)bench/RESULTS.md"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
     )
     revision = head.stdout.strip() or "unknown"
     return f"{revision} with local changes" if dirty.stdout.strip() else revision
