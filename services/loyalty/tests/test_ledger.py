@@ -7,7 +7,9 @@ import json
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
+from zoneinfo import ZoneInfo
 
+from dateutil.relativedelta import relativedelta
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -21,6 +23,7 @@ from crm_loyalty.domain.ledger import (
     Order,
     PointsMoved,
     TierMoved,
+    add_months,
     open_points,
 )
 from crm_loyalty.program import EXAMPLE_PROGRAM, Program, load_program
@@ -424,3 +427,18 @@ def test_a_warning_that_comes_after_the_expiry_announces_nothing() -> None:
     ledger.warn("p-1", datetime(2028, 3, 2, tzinfo=UTC))  # the points expired on 1 March
     assert not [o for o in ledger.outcomes if isinstance(o, ExpiryWarned)]
     assert ledger.accounts["p-1"].due(PROGRAM)["expiry_warning"] is None
+
+
+@given(
+    st.datetimes(
+        min_value=datetime(1900, 1, 1),
+        max_value=datetime(2200, 12, 31),
+        timezones=st.sampled_from([UTC, ZoneInfo("Europe/Vilnius"), ZoneInfo("America/New_York")]),
+    ),
+    st.integers(min_value=-240, max_value=240),
+)
+def test_add_months_is_what_relativedelta_gives(moment: datetime, months: int) -> None:
+    """Expiry, tier windows, grace periods and reviews count calendar months: 31 January plus a
+    month is the last of February, and the time of day and zone stay."""
+    assert add_months(moment, months) == moment + relativedelta(months=months)
+    assert add_months(moment.date(), months) == moment.date() + relativedelta(months=months)

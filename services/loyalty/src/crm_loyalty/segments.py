@@ -9,9 +9,9 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 import orjson
-from dateutil.relativedelta import relativedelta
 
 from crm_loyalty import store
+from crm_loyalty.domain.ledger import add_months
 from crm_loyalty.domain.segments import GRID
 from crm_loyalty.program import Program, RuleSegment
 from crm_shared.contracts import derived_event_id
@@ -119,7 +119,7 @@ async def rescore(
     scored = await store.rfm_rescore(
         conn,
         profile_ids,
-        window_start=now - relativedelta(months=program.segments.rfm.window_months),
+        window_start=add_months(now, -program.segments.rfm.window_months),
         currency=program.currency,
         grid=GRID,
         at=now,
@@ -140,7 +140,7 @@ async def fire_rescores(
     scored = await store.rfm_rescore(
         conn,
         profile_ids,
-        window_start=now - relativedelta(months=program.segments.rfm.window_months),
+        window_start=add_months(now, -program.segments.rfm.window_months),
         currency=program.currency,
         grid=GRID,
         at=now,
@@ -156,7 +156,7 @@ async def recompute(conn: DbConnection, program: Program, now: datetime, emit: E
     (handed to `emit` a chunk at a time); then the next one is scheduled."""
     customers = await store.rfm_recompute(
         conn,
-        window_start=now - relativedelta(months=program.segments.rfm.window_months),
+        window_start=add_months(now, -program.segments.rfm.window_months),
         currency=program.currency,
         grid=GRID,
         at=now,

