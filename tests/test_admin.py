@@ -38,13 +38,15 @@ async def test_migrate_applies_each_service_once_on_a_fresh_database_then_nothin
         ),
         (
             "loyalty",
-            "plumbing/0001_plumbing, profile_replica/0001_profile_replica, timers/0001_timers, "
+            "plumbing/0001_plumbing, profile_replica/0001_profile_replica, "
+            "profile_replica/0002_merged_into, timers/0001_timers, "
             "loyalty/0001_init, loyalty/0002_ledger, loyalty/0003_redemptions, "
             "loyalty/0004_merges, loyalty/0005_segments",
         ),
         (
             "notify",
-            "plumbing/0001_plumbing, profile_replica/0001_profile_replica, timers/0001_timers, "
+            "plumbing/0001_plumbing, profile_replica/0001_profile_replica, "
+            "profile_replica/0002_merged_into, timers/0001_timers, "
             "notify/0001_init, notify/0002_notifications, notify/0003_provider_ids, "
             "notify/0004_erased, notify/0005_sms_statuses",
         ),

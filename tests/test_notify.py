@@ -879,12 +879,16 @@ async def test_a_merged_away_profiles_reminder_goes_to_the_survivor_once(
 
         await wait_until(merged_seen, what="the merge in notify's replica")
         clock.advance(timedelta(hours=4, minutes=1))
-        (to_survivor,) = await settled(service, survivor, 1)
         (to_merged,) = await settled(service, merged, 1)
+        # The survivor's list holds the merged-away profile's suppressed reminder too.
+        survivors = {n["profile_id"]: n for n in await settled(service, survivor, 2)}
         (to_account,) = await settled(service, account, 1)
         await settled(service, alone, 1)
         assert await notifications(service, guest) == [], "re-keyed to the account"
 
+    assert sorted(survivors) == sorted([survivor, merged])
+    to_survivor = survivors[survivor]
+    assert survivors[merged] == to_merged
     assert to_survivor["status"] == "sent"
     assert (to_merged["status"], to_merged["reason"]) == (
         "suppressed",

@@ -62,6 +62,7 @@ NOTIFICATIONS_EXAMPLE = {
     "items": [
         {
             "notification_id": "5b0f3c4e-8a61-5d2b-9c1e-2f7d4a9b6c10",
+            "profile_id": "p-7c1d",
             "trigger": "win-back",
             "category": "marketing",
             "status": "suppressed",
@@ -79,6 +80,7 @@ NOTIFICATIONS_EXAMPLE = {
         },
         {
             "notification_id": "0c9e7b2a-4d3f-5e61-8a7b-1c2d3e4f5a6b",
+            "profile_id": "p-7c1d",
             "trigger": "welcome",
             "category": "transactional",
             "status": "sent",
@@ -112,6 +114,9 @@ INBOX_EXAMPLE = {
 
 class NotificationView(BaseModel):
     notification_id: str
+    profile_id: str = Field(
+        description="the profile it is for: the one asked about, or a profile merged into it"
+    )
     trigger: str
     category: Literal["marketing", "transactional", "task"]
     status: Literal["waiting", "sent", "delivered", "failed", "suppressed", "cancelled"]
@@ -173,6 +178,8 @@ class InboxPage(BaseModel):
 @router.get(
     "/profiles/{profile_id}/notifications",
     summary="A profile's notifications, with status and the reasons for what did not go out",
+    description="Newest first; a profile's list includes the notifications of the profiles "
+    "merged into it (each names the profile it was for).",
     response_model=NotificationPage,
     responses={200: {"content": {"application/json": {"example": NOTIFICATIONS_EXAMPLE}}}},
 )

@@ -50,6 +50,11 @@ async def erased(conn: DbConnection, profile_id: str) -> bool:
     )
 
 
+# A profile and those the replica says were merged into it (profile keeps chains one step
+# long, and its snapshots say so).
+_FAMILY = "SELECT $1::text UNION SELECT profile_id FROM profile_replica WHERE merged_into = $1"
+
+
 async def merged_into(conn: DbConnection, survivor: str) -> list[str]:
     """The profiles the replica says were merged into `survivor`."""
     rows = await conn.fetch(
@@ -262,9 +267,11 @@ async def erase(conn: DbConnection, profile_id: str, at: datetime) -> list[str]:
 async def notifications_of(
     conn: DbConnection | asyncpg.Pool, profile_id: str, before: int | None, limit: int
 ) -> list[asyncpg.Record]:
-    """The profile's notifications, newest first, from before `before` (a `seq`)."""
+    """The notifications of the profile and of the profiles merged into it, newest first,
+    from before `before` (a `seq`). A merged-away profile's waiting notifications move to its
+    survivor; what had already gone out, or was suppressed, stays under its own id."""
     return await conn.fetch(
-        f"SELECT seq, {', '.join(COLUMNS)} FROM notifications WHERE profile_id = $1 "
+        f"SELECT seq, {', '.join(COLUMNS)} FROM notifications WHERE profile_id IN ({_FAMILY}) "
         "AND ($2::bigint IS NULL OR seq < $2) ORDER BY seq DESC LIMIT $3",
         profile_id,
         before,
