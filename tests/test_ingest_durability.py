@@ -29,6 +29,7 @@ from tests.support import (
 )
 
 WORKERS = 8
+STUCK_S = 0.5
 EVENTS_PER_WORKER = 60
 HEADERS = {"Content-Type": "application/cloudevents+json", "Authorization": "Bearer dev-write-key"}
 BATCH = {**HEADERS, "Content-Type": "application/cloudevents-batch+json"}
@@ -131,9 +132,10 @@ async def test_sigterm_mid_load_answers_in_flight_requests_and_loses_none(
     (SIGSTOP) until every sender waits on one, and continued once ingest is draining."""
     if endpoints.origin != "local":
         pytest.skip(f"the broker comes from {endpoints.origin}: no local process to SIGSTOP")
-    ingest = ServiceProcess(
-        "crm_ingest", service_env(endpoints, topic_prefix), free_port(), tmp_path / "ingest.log"
-    )
+    # Longer than the broker is stopped: with the 5 s default a request stuck since the stop
+    # could time out (a 503: correct, but not what is tested) before the broker returns.
+    env = {**service_env(endpoints, topic_prefix), "CRM_PRODUCE_TIMEOUT_S": "60"}
+    ingest = ServiceProcess("crm_ingest", env, free_port(), tmp_path / "ingest.log")
     ingest.start()
     answers: dict[str, int | str] = {}
     timings: dict[str, tuple[float, float]] = {}
@@ -173,13 +175,19 @@ async def test_sigterm_mid_load_answers_in_flight_requests_and_loses_none(
         )
         os.kill(pid, signal.SIGSTOP)
         marks["broker stopped"] = time.monotonic()
-        try:
-            await wait_until(
-                lambda: (
-                    len([t for t in posting.values() if t > marks["broker stopped"]]) == WORKERS
-                ),
-                what="every sender waiting on a produce",
+
+        def all_stuck() -> bool:
+            # Every sender has a request out, for half a second since the stop at least:
+            # requests take milliseconds, so each one waits on the stopped broker.
+            now = time.monotonic()
+            return (
+                now > marks["broker stopped"] + STUCK_S
+                and len(posting) == WORKERS
+                and all(now - started > STUCK_S for started in posting.values())
             )
+
+        try:
+            await wait_until(all_stuck, what="every sender waiting on a produce")
             marks["signalled"] = time.monotonic()
             assert ingest.process is not None
             ingest.process.send_signal(signal.SIGTERM)
