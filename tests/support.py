@@ -239,15 +239,16 @@ class ServiceProcess:
 
     async def wait_ready(self, timeout: float = 60.0) -> None:
         async def ready() -> bool:
-            code = self.returncode()
-            if code is not None:
-                raise AssertionError(f"{self.module} exited with {code}; log:\n{self.tail()}")
+            if self.returncode() is not None:
+                return True  # no use waiting: reported below
             return await asyncio.to_thread(_http_ok, f"{self.url}/readyz")
 
         try:
             await wait_until(ready, timeout=timeout, what=f"{self.module} ready")
         except AssertionError as error:
             raise AssertionError(f"{error}; log:\n{self.tail()}") from None
+        if (code := self.returncode()) is not None:
+            raise AssertionError(f"{self.module} exited with {code}; log:\n{self.tail()}")
 
     async def wait_exit(self, timeout: float = 60.0) -> int:
         deadline = time.monotonic() + timeout

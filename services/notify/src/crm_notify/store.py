@@ -50,17 +50,15 @@ async def erased(conn: DbConnection, profile_id: str) -> bool:
     )
 
 
-# A profile and those the replica says were merged into it (profile keeps chains one step
-# long, and its snapshots say so).
-_FAMILY = "SELECT $1::text UNION SELECT profile_id FROM profile_replica WHERE merged_into = $1"
+# The profiles the replica says were merged into $1 (profile keeps chains one step long, and
+# its snapshots say so); with $1 itself, its family.
+_MERGED_INTO = "SELECT profile_id FROM profile_replica WHERE merged_into = $1"
+_FAMILY = f"SELECT $1::text UNION {_MERGED_INTO}"
 
 
 async def merged_into(conn: DbConnection, survivor: str) -> list[str]:
     """The profiles the replica says were merged into `survivor`."""
-    rows = await conn.fetch(
-        "SELECT profile_id FROM profile_replica WHERE merged_into = $1", survivor
-    )
-    return [r["profile_id"] for r in rows]
+    return [r["profile_id"] for r in await conn.fetch(_MERGED_INTO, survivor)]
 
 
 async def insert(conn: DbConnection, row: NotificationRow) -> bool:
