@@ -5,9 +5,12 @@ from __future__ import annotations
 import json
 import logging
 
+import httpx
 import pytest
+from fastapi import FastAPI
 
 from crm_shared.logging import configure_logging, get_logger
+from crm_shared.service import AccessLog
 
 
 def test_personal_data_is_dropped_or_masked_in_json_logs(
@@ -37,3 +40,33 @@ def test_personal_data_is_dropped_or_masked_in_json_logs(
     assert ours["time"] == "2026-11-20T10:15:00Z"
     assert ours["identities"] == "[redacted]"
     assert ours["level"] == "info"
+
+
+async def test_access_log_names_the_route_template_and_the_status_never_the_query(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    configure_logging("info", json=True)
+    app = FastAPI()
+    app.add_middleware(AccessLog, service="logtest")
+
+    @app.get("/v1/things/{thing_id}")
+    async def thing(thing_id: str) -> dict[str, str]:
+        if thing_id == "boom":
+            raise RuntimeError("a bug")
+        return {"id": thing_id}
+
+    transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
+    async with httpx.AsyncClient(transport=transport, base_url="http://test") as http:
+        assert (await http.get("/v1/things/c-42?email=ana@example.org")).status_code == 200
+        assert (await http.get("/v1/nowhere")).status_code == 404
+        assert (await http.get("/v1/things/boom")).status_code == 500
+    lines = [json.loads(line) for line in capsys.readouterr().err.splitlines()]
+    access = [line for line in lines if line.get("logger") == "logtest.access"]
+    requests = [(line["method"], line["route"], line["status"]) for line in access]
+    assert requests == [
+        ("GET", "/v1/things/{thing_id}", 200),
+        ("GET", "unmatched", 404),
+        ("GET", "/v1/things/{thing_id}", 500),
+    ]
+    assert all(line["duration_ms"] >= 0 for line in access)
+    assert "example.org" not in json.dumps(access) and "c-42" not in json.dumps(access)

@@ -19,7 +19,7 @@ from aiokafka import AIOKafkaProducer
 from fastapi import FastAPI, Request, Response
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, Histogram, generate_latest
-from starlette.middleware.base import BaseHTTPMiddleware, RequestResponseEndpoint
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from crm_shared.consumer import Apply, ApplyBatch, Decode, IdempotentConsumer, one_by_one
 from crm_shared.contracts.topics import Topic
@@ -100,29 +100,44 @@ def runtime_of(request: Request) -> Runtime:
     return runtime
 
 
-class AccessLog(BaseHTTPMiddleware):
-    def __init__(self, app: Any, service: str) -> None:
-        super().__init__(app)
+class AccessLog:
+    """Times and logs every HTTP request: method, route template, status, duration; never the
+    query string. A plain ASGI middleware: Starlette's `BaseHTTPMiddleware` runs each request
+    in a task group with memory streams, about a fifth of ingest's CPU for a small request."""
+
+    def __init__(self, app: ASGIApp, service: str) -> None:
+        self._app = app
         self._service = service
         self._log = get_logger(f"{service}.access")
 
-    async def dispatch(self, request: Request, call_next: RequestResponseEndpoint) -> Response:
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self._app(scope, receive, send)
+            return
         started = time.perf_counter()
-        response = await call_next(request)
-        elapsed = time.perf_counter() - started
-        route = getattr(request.scope.get("route"), "path", "unmatched")
-        HTTP_LATENCY.labels(self._service, request.method, route, response.status_code).observe(
-            elapsed
-        )
-        self._log.log(
-            logging.DEBUG if route in QUIET_ROUTES else logging.INFO,
-            "request",
-            method=request.method,
-            route=route,
-            status=response.status_code,
-            duration_ms=round(elapsed * 1000, 2),
-        )
-        return response
+        status = 500  # what the server answers if the app raises before it starts a response
+
+        async def note_status(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self._app(scope, receive, note_status)
+        finally:
+            elapsed = time.perf_counter() - started
+            route = getattr(scope.get("route"), "path", "unmatched")
+            method = scope["method"]
+            HTTP_LATENCY.labels(self._service, method, route, status).observe(elapsed)
+            self._log.log(
+                logging.DEBUG if route in QUIET_ROUTES else logging.INFO,
+                "request",
+                method=method,
+                route=route,
+                status=status,
+                duration_ms=round(elapsed * 1000, 2),
+            )
 
 
 async def _start_producer(settings: ServiceSettings, wait_s: float = 60.0) -> AIOKafkaProducer:
