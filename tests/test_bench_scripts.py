@@ -13,7 +13,14 @@ from tests.support import ROOT
 
 @pytest.mark.parametrize(
     "script",
-    ["bench/run.py", "bench/ingest", "bench/ingest/load.py", "bench/profile", "bench/loyalty"],
+    [
+        "bench/run.py",
+        "bench/ingest",
+        "bench/ingest/load.py",
+        "bench/profile",
+        "bench/loyalty",
+        "bench/notify",
+    ],
     ids=lambda s: s,
 )
 def test_a_benchmark_script_starts(script: str) -> None:
