@@ -1026,8 +1026,28 @@ async def test_surveys_need_their_consent_offers_skip_members_and_the_inbox_is_t
         survey = [n for n in await settled(service, surveyed, 1) if n["trigger"] == "csat-survey"]
         (to_member,) = await settled(service, member, 1)
         (to_prospect,) = await settled(service, prospect, 1)
+        # The boxed profile merges into another: that one's inbox shows the message too.
+        heir = f"p-heir-{tag}"
+        await send_to(
+            endpoints,
+            PROFILES.full_name(topic_prefix),
+            [
+                person(heir, f"{heir}@example.org"),
+                person(boxed, f"{boxed}@example.org", version=2, merged_into=heir),
+            ],
+        )
+
+        async def merge_seen() -> bool:
+            pool = service.app.state.runtime.db
+            found = await pool.fetchval(
+                "SELECT merged_into FROM profile_replica WHERE profile_id = $1", boxed
+            )
+            return bool(found == heir)
+
+        await wait_until(merge_seen, what="the merge in notify's replica")
         async with api(service) as http:
             box = (await http.get(f"/v1/profiles/{boxed}/inbox", headers=ADMIN)).json()
+            heirs = (await http.get(f"/v1/profiles/{heir}/inbox", headers=ADMIN)).json()
             preview = await http.post(
                 "/v1/templates/tier-up/preview",
                 json={
@@ -1050,6 +1070,8 @@ async def test_surveys_need_their_consent_offers_skip_members_and_the_inbox_is_t
     assert inbox.to(f"{member}@example.org") == []
     assert (boxed_item["status"], boxed_item["channel"]) == ("delivered", "in_app")
     assert [m["subject"] for m in box["items"]] == ["70 баллов сгорят 2026-12-01"]
+    assert heirs["items"] == box["items"]
+    assert [m["profile_id"] for m in heirs["items"]] == [boxed]
     assert preview.status_code == 200
     assert preview.json()["language"] == "lt"
     assert preview.json()["subject"] == "Jūsų lygis dabar gold"

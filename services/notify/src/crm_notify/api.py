@@ -102,6 +102,7 @@ INBOX_EXAMPLE = {
     "items": [
         {
             "notification_id": "0c9e7b2a-4d3f-5e61-8a7b-1c2d3e4f5a6b",
+            "profile_id": "p-7c1d",
             "subject": "You are gold now",
             "body": "Congratulations, Ana, you reached gold.",
             "created_at": "2026-11-20T10:15:02Z",
@@ -164,6 +165,9 @@ PREVIEW_EXAMPLE = {
 
 class InboxMessage(BaseModel):
     notification_id: str
+    profile_id: str = Field(
+        description="the profile it went to: this one, or one merged into it since"
+    )
     subject: str
     body: str
     created_at: datetime
@@ -197,6 +201,7 @@ async def notifications(
 @router.get(
     "/profiles/{profile_id}/inbox",
     summary="A profile's in-app inbox",
+    description="Newest first; it includes the messages of the profiles merged into it.",
     response_model=InboxPage,
     responses={200: {"content": {"application/json": {"example": INBOX_EXAMPLE}}}},
 )

@@ -280,9 +280,11 @@ async def notifications_of(
 async def inbox_of(
     conn: DbConnection | asyncpg.Pool, profile_id: str, before: int | None, limit: int
 ) -> list[asyncpg.Record]:
+    """The in-app messages of the profile and of the profiles merged into it, newest first,
+    from before `before` (a `seq`): one person's app shows what went to any of their ids."""
     return await conn.fetch(
-        "SELECT seq, notification_id, subject, body, created_at, read_at FROM inbox "
-        "WHERE profile_id = $1 AND ($2::bigint IS NULL OR seq < $2) "
+        "SELECT seq, notification_id, profile_id, subject, body, created_at, read_at FROM inbox "
+        f"WHERE profile_id IN ({_FAMILY}) AND ($2::bigint IS NULL OR seq < $2) "
         "ORDER BY seq DESC LIMIT $3",
         profile_id,
         before,
