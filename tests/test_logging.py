@@ -69,4 +69,5 @@ async def test_access_log_names_the_route_template_and_the_status_never_the_quer
         ("GET", "/v1/things/{thing_id}", 500),
     ]
     assert all(line["duration_ms"] >= 0 for line in access)
-    assert "example.org" not in json.dumps(access) and "c-42" not in json.dumps(access)
+    assert "example.org" not in json.dumps(access)
+    assert "c-42" not in json.dumps(access)
