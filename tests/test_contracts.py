@@ -56,7 +56,7 @@ def test_every_channel_and_event_type_of_the_product_exists() -> None:
             "tracked",
             "screen_viewed",
         ],
-        "phone": ["call_completed", "sms_received"],
+        "phone": ["call_completed", "sms_received", "sms_failed"],
         "email": [
             "sent",
             "delivered",

@@ -637,6 +637,7 @@ async def test_sms_when_email_bounced_with_the_providers_status_callback(
     clock = ManualClock(NOW)
     tag = uuid.uuid4().hex[:6]
     reachable, invalid, early = f"p-sms-{tag}", f"p-bad-{tag}", f"p-early-{tag}"
+    landline = f"p-landline-{tag}"
     callback_url = f"{public}/v1/callbacks/sms/status"
 
     def status(message_token: str, state: str) -> dict[str, str]:
@@ -673,12 +674,13 @@ async def test_sms_when_email_bounced_with_the_providers_status_callback(
                     ),
                     person(invalid, f"{invalid}@example.org", bounced=True, phone="+37069999999"),
                     person(early, f"{early}@example.org", bounced=True, phone="+37060000003"),
+                    person(landline, f"{landline}@example.org", bounced=True, phone="+37052000004"),
                 ],
             )
             expiring: dict[str, Any] = {"points": 120, "expires_at": "2026-12-20T00:00:00Z"}
             events_in = [
                 loyalty_event("points_expiring", who, **expiring)
-                for who in (reachable, invalid, early)
+                for who in (reachable, invalid, early, landline)
             ]
             # The provider may call back before the round that sent the message committed:
             # here, before the message even went. The status waits, then a timer applies it.
@@ -701,8 +703,9 @@ async def test_sms_when_email_bounced_with_the_providers_status_callback(
             assert (refused["status"], refused["channel"]) == ("failed", "sms")
             assert refused["reason"] == "sms: HTTP 400 21211: Invalid 'To' Phone Number"
             assert refused["attempts"] == 1, "a 400 is not tried again"
-            (message, _) = sorted(provider.messages, key=lambda m: m["To"])
-            assert message["To"] == "+37060000002"
+            (to_landline,) = await settled(service, landline, 1)
+            by_number = {m["To"]: m for m in provider.messages}
+            message = by_number["+37060000002"]
             assert message["Body"] == "Use your 120 points before 2026-12-20."
             assert message["token"] == sent["notification_id"]
             assert message["StatusCallback"] == f"{public}/v1/callbacks/sms/status"
@@ -719,6 +722,15 @@ async def test_sms_when_email_bounced_with_the_providers_status_callback(
                 )
             assert forged.status_code == 401
             assert taken.status_code == 200
+            # The carrier says the landline cannot take SMS: profile is told so.
+            gone = status(by_number["+37052000004"]["token"], "undelivered") | {
+                "ErrorCode": "30006"
+            }
+            async with api(service) as http:
+                answer = await http.post(
+                    "/v1/callbacks/sms/status", data=gone, headers=signed(gone)
+                )
+                assert answer.status_code == 200
             (delivered,) = await notifications(service, reachable)
             assert delivered["status"] == "delivered"
             await settled(service, early, 1)  # sent, with the status kept meanwhile
@@ -732,7 +744,12 @@ async def test_sms_when_email_bounced_with_the_providers_status_callback(
             (undelivered,) = await notifications(service, early)
             events = values_of(
                 await read_topic(
-                    endpoints.bootstrap, NOTIFICATIONS.full_name(topic_prefix), at_least=8
+                    endpoints.bootstrap, NOTIFICATIONS.full_name(topic_prefix), at_least=11
+                )
+            )
+            told = values_of(
+                await read_topic(
+                    endpoints.bootstrap, TOUCHPOINTS.full_name(topic_prefix), at_least=2
                 )
             )
     finally:
@@ -750,8 +767,21 @@ async def test_sms_when_email_bounced_with_the_providers_status_callback(
             (early, "requested"),
             (early, "sent"),
             (early, "failed"),
+            (landline, "requested"),
+            (landline, "sent"),
+            (landline, "failed"),
         ]
     )
+    assert to_landline["status"] == "sent"
+    # The invalid number (the provider's 400, code 21211) and the landline (30006) cannot take
+    # SMS; the handset that was off (30003) may another time, so profile hears nothing of it.
+    failures = sorted(
+        (t["data"]["identities"]["phone"], t["data"]["error_code"])
+        for t in told
+        if t["type"] == "crm.touchpoint.phone.sms_failed"
+    )
+    assert failures == [("+37052000004", "30006"), ("+37069999999", "21211")]
+    assert all(t["data"]["permanent"] for t in told)
 
 
 async def test_a_marketing_email_carries_a_one_click_unsubscribe_that_goes_through_ingest(

@@ -84,6 +84,7 @@ async def test_a_rebuild_from_the_topic_equals_the_live_profiles(
         event("crm.touchpoint.web.consent_granted", 7, email="bo@x.org"),
         event("crm.touchpoint.store.purchase", 8, customer_id="c2", phone="+37060000022"),
         event("crm.touchpoint.web.page_viewed", 9, anonymous_id="a2", email="bo@x.org"),
+        event("crm.touchpoint.phone.sms_failed", 10, phone="+37060000022"),
     ]
     # Keyed by an identifier of each, as producers would: spread over the partitions.
     records: list[tuple[bytes | None, bytes | None]] = [
@@ -116,6 +117,8 @@ async def test_a_rebuild_from_the_topic_equals_the_live_profiles(
     assert ana[0]["first_name"]["value"] == "Ana", "the older 'Old' arrived later and lost"
     assert ana[2]["orders"] == 1, "the redelivered purchase counted once"
     assert next(iter(ana[3].values()))["deliverable"] is False, "the bounce"
+    c2 = next(v for k, v in live.items() if ("customer_id", "c2") in k)
+    assert c2[3]["phone:+37060000022"]["deliverable"] is False, "a number that cannot take SMS"
     assert rebuilt == live
     conn = await asyncpg.connect(rebuilt_url)
     try:

@@ -107,4 +107,32 @@ def test_an_sms_stop_ends_marketing_to_the_number_and_withdraws_sms_consent() ->
             state, _ = apply_contact_health(state, e)
         assert state["phone:+37060000001"]["marketing"] is True
     assert consent_updates(start) == []
-    assert apply_contact_health(contacts, question) == (contacts, False)
+    asked, _ = apply_contact_health(contacts, question)
+    assert asked["phone:+37060000001"]["marketing"] is False, "only a keyword changes marketing"
+
+
+def test_a_number_that_cannot_take_sms_is_undeliverable_until_an_sms_comes_from_it() -> None:
+    failed = event(
+        "crm.touchpoint.phone.sms_failed", 10, message_id="SM1", error_code="30006", permanent=True
+    )
+    transient = event(
+        "crm.touchpoint.phone.sms_failed", 20, message_id="SM2", error_code="30003", permanent=False
+    )
+    texted = event("crm.touchpoint.phone.sms_received", 30, text="Where is my order?")
+    contacts, changed = apply_contact_health({}, failed)
+    assert changed
+    number = contacts["phone:+37060000001"]
+    assert (number["deliverable"], number["deliverable_reason"]) == (False, "sms failed")
+    assert number["marketing"] is True
+    assert apply_contact_health(contacts, transient) == (contacts, False)
+    # In either order, the SMS that came from the number later proves it takes SMS.
+    for order in ([failed, texted], [texted, failed]):
+        state: dict[str, Any] = {}
+        for e in order:
+            state, _ = apply_contact_health(state, e)
+        assert state["phone:+37060000001"]["deliverable"] is True
+    late_failure = event(
+        "crm.touchpoint.phone.sms_failed", 40, message_id="SM3", error_code="21614", permanent=True
+    )
+    state, _ = apply_contact_health(state, late_failure)
+    assert state["phone:+37060000001"]["deliverable"] is False

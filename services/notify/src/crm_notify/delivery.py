@@ -36,14 +36,24 @@ from crm_notify.rules import Sender
 from crm_notify.settings import NotifySettings
 from crm_notify.templates import Rendered
 
+# The SMS provider's error codes (Twilio's numbering) that say the number itself cannot take
+# SMS: not a valid number, not a mobile number, unknown to the carrier, a landline or a carrier
+# that cannot be reached. Others (a handset off, carrier filtering) may pass another time.
+UNREACHABLE_NUMBER_CODES = frozenset({"21211", "21614", "30005", "30006"})
+
 
 class DeliveryFailed(Exception):
-    def __init__(self, reason: str, *, permanent: bool, bounced: bool = False) -> None:
+    def __init__(
+        self, reason: str, *, permanent: bool, bounced: bool = False, code: str | None = None
+    ) -> None:
         super().__init__(reason)
         self.reason = reason
         self.permanent = permanent
         self.bounced = bounced
-        """The receiving server refused the address itself (a hard bounce)."""
+        """The receiving side refused the address itself: a mail server's hard bounce, or an
+        SMS provider's code in `UNREACHABLE_NUMBER_CODES`."""
+        self.code = code
+        """The provider's error code, when it gave one."""
 
 
 @dataclass(frozen=True)
@@ -217,14 +227,20 @@ class SmsSender:
             if not isinstance(sid, str) or not sid:
                 raise DeliveryFailed("sms: the provider's answer has no sid", permanent=False)
             return sid
-        detail = ""
+        detail, code = "", None
         try:
             problem = answer.json()
             detail = f" {problem.get('code')}: {problem.get('message')}"
-        except ValueError:
+            code = str(problem["code"]) if problem.get("code") is not None else None
+        except (ValueError, AttributeError, TypeError):
             pass
         reason = f"sms: HTTP {answer.status_code}{detail}"[:500]
-        raise DeliveryFailed(reason, permanent=answer.status_code == 400)
+        raise DeliveryFailed(
+            reason,
+            permanent=answer.status_code == 400,
+            bounced=code in UNREACHABLE_NUMBER_CODES,
+            code=code,
+        )
 
     async def close(self) -> None:
         await self._client.aclose()

@@ -71,3 +71,30 @@ def bounce_touchpoint(prefix: str, row: NotificationRow, at: datetime) -> Outgoi
         strict=False,
     )
     return event_record(TOUCHPOINTS.full_name(prefix), f"email:{row.address}", event)
+
+
+def sms_failed_touchpoint(
+    prefix: str, row: NotificationRow, at: datetime, code: str | None
+) -> OutgoingRecord:
+    """The SMS provider said the number cannot take SMS (`UNREACHABLE_NUMBER_CODES`): told to
+    profile as a touchpoint, so it marks the number undeliverable."""
+    assert row.address is not None
+    event = TOUCHPOINT_ADAPTER.validate_python(
+        {
+            "specversion": "1.0",
+            "id": derived_event_id("notify-sms-failed", row.notification_id),
+            "source": "crm-notify",
+            "type": "crm.touchpoint.phone.sms_failed",
+            "time": at,
+            "data": {
+                "channel": "phone",
+                "identities": {"phone": row.address},
+                "message_id": row.provider_id or row.notification_id,
+                "error_code": code,
+                "permanent": True,
+                "reason": (row.reason or "")[:1024] or None,
+            },
+        },
+        strict=False,
+    )
+    return event_record(TOUCHPOINTS.full_name(prefix), f"phone:{row.address}", event)

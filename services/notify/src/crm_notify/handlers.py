@@ -25,8 +25,15 @@ from zoneinfo import ZoneInfo
 
 from crm_notify import store
 from crm_notify.calendar import add_business_days
-from crm_notify.delivery import DeliveryFailed, Email, SmsSender, SmtpSender, WebhookSender
-from crm_notify.events import State, bounce_touchpoint, notification_event
+from crm_notify.delivery import (
+    UNREACHABLE_NUMBER_CODES,
+    DeliveryFailed,
+    Email,
+    SmsSender,
+    SmtpSender,
+    WebhookSender,
+)
+from crm_notify.events import State, bounce_touchpoint, notification_event, sms_failed_touchpoint
 from crm_notify.metrics import (
     DELIVERY_SECONDS,
     NOTIFICATIONS,
@@ -142,6 +149,8 @@ async def apply_sms_status(
             row.status, row.updated_at = "failed", now
             row.reason = f"sms: {state} (error {code or 'none'})"
             out.emit("failed", row, now)
+            if code in UNREACHABLE_NUMBER_CODES:
+                out.records.append(sms_failed_touchpoint(out.prefix, row, now, code))
         await store.save(conn, row)
     await store.drop_sms_status(conn, sid)
     await schedule(conn, SMS_STATUS, [(sid, None)])
@@ -619,6 +628,8 @@ def deliver_timers(rules: Rules, settings: NotifySettings) -> Any:
                     row.due_at = now + timedelta(seconds=rules.retry.delay_s(row.attempts))
                 if outcome.bounced and channel == "email":
                     out.records.append(bounce_touchpoint(out.prefix, row, now))
+                elif outcome.bounced and channel == "sms":
+                    out.records.append(sms_failed_touchpoint(out.prefix, row, now, outcome.code))
                 log.warning(
                     "delivery failed",
                     notification_id=row.notification_id,

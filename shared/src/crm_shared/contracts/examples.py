@@ -34,6 +34,12 @@ _PAYLOADS: dict[str, dict[str, Any]] = {
         "outcome": "answered",
     },
     "sms_received": {"message_id": "sms-3", "text": "STOP"},
+    "sms_failed": {
+        "message_id": "SM0123456789abcdef0123456789abcdef",
+        "error_code": "30006",
+        "permanent": True,
+        "reason": "landline or unreachable carrier",
+    },
     "sent": {"message_id": "msg-1", "campaign_id": "autumn"},
     "delivered": {"message_id": "msg-1"},
     "opened": {"message_id": "msg-1"},

@@ -237,6 +237,18 @@ class SmsReceivedData(TouchpointData):
     text: Annotated[str, Field(max_length=1600)] | None = None
 
 
+class SmsFailedData(TouchpointData):
+    """An SMS to the number was not delivered (the provider's final status, or its refusal)."""
+
+    message_id: NonEmptyStr
+    error_code: NonEmptyStr | None = Field(default=None, description="the provider's code")
+    permanent: bool = Field(
+        description="the number itself cannot take SMS (not a valid or a mobile number, "
+        "unknown to the carrier): profile marks it undeliverable"
+    )
+    reason: Annotated[str, Field(max_length=1024)] | None = None
+
+
 # --- email ------------------------------------------------------------------------------------
 class EmailData(TouchpointData):
     message_id: NonEmptyStr
@@ -406,6 +418,10 @@ class SmsReceived(TouchpointEnvelope[SmsReceivedData]):
     type: Literal["crm.touchpoint.phone.sms_received"]
 
 
+class SmsFailed(TouchpointEnvelope[SmsFailedData]):
+    type: Literal["crm.touchpoint.phone.sms_failed"]
+
+
 class EmailSent(TouchpointEnvelope[EmailData]):
     type: Literal["crm.touchpoint.email.sent"]
 
@@ -508,6 +524,7 @@ TOUCHPOINT_CLASSES: tuple[type[TouchpointEnvelope[Any]], ...] = (
     ScreenViewed,
     CallCompleted,
     SmsReceived,
+    SmsFailed,
     EmailSent,
     EmailDelivered,
     EmailOpened,
@@ -537,6 +554,7 @@ TouchpointEvent = Annotated[
     | ScreenViewed
     | CallCompleted
     | SmsReceived
+    | SmsFailed
     | EmailSent
     | EmailDelivered
     | EmailOpened

@@ -111,7 +111,8 @@ def sms_keyword(event: Any) -> str | None:
 
 def apply_contact_health(current: Contacts, event: Any) -> tuple[Contacts, bool]:
     """Health of the event's email address or phone number after one touchpoint about it;
-    whether it changed. Every email touchpoint makes its address known as a contact point."""
+    whether it changed. Every email touchpoint, and every SMS from a number, makes its address
+    known as a contact point."""
     found = _verdicts(event)
     if found is None:
         return current, False
@@ -135,23 +136,27 @@ Verdict = tuple[str, bool, str | None]
 
 def _verdicts(event: Any) -> tuple[str, str, list[Verdict]] | None:
     """The address a touchpoint is about (channel, address) and what it says of it. On the
-    phone only an SMS opt-out or opt-in keyword says anything; it changes marketing by SMS
-    (consent is separate: see `batch.consent_updates`)."""
+    phone: a permanent SMS failure makes the number undeliverable, an SMS from it proves it
+    can take SMS, and an opt-out or opt-in keyword changes marketing by SMS (consent is
+    separate: see `batch.consent_updates`)."""
     data = event.data
     if data.channel == "phone" and data.identities.phone is not None:
-        keyword = sms_keyword(event)
-        if keyword is None:
+        if event.action == "sms_failed":
+            if not data.permanent:
+                return None  # a handset off or a full inbox: the next message may get through
+            return "phone", data.identities.phone, [("deliverable", False, "sms failed")]
+        if event.action != "sms_received":
             return None
-        stop = keyword == "stop"
-        return (
-            "phone",
-            data.identities.phone,
-            [("marketing", not stop, "unsubscribed" if stop else None)],
-        )
+        verdicts: list[Verdict] = [("deliverable", True, None)]
+        keyword = sms_keyword(event)
+        if keyword is not None:
+            stop = keyword == "stop"
+            verdicts.append(("marketing", not stop, "unsubscribed" if stop else None))
+        return "phone", data.identities.phone, verdicts
     if data.channel != "email" or data.identities.email is None:
         return None
     action = event.action
-    verdicts: list[Verdict] = []
+    verdicts = []
     if action == "bounced" and data.bounce_type in ("hard", "block"):
         verdicts.append(("deliverable", False, "bounced"))
     elif action == "complained":
