@@ -7,9 +7,7 @@ import base64
 import json
 import uuid
 from collections.abc import AsyncIterator
-from datetime import datetime
 from pathlib import Path
-from typing import Any
 
 import asyncpg
 import httpx
@@ -230,40 +228,3 @@ async def test_ingest_refuses_bad_requests_precisely(platform: dict[str, Service
         assert not_an_email.json()["errors"] == [
             {"field": "query.email", "reason": "is not an email address"}
         ]
-
-
-async def test_a_first_order_makes_the_buyer_a_member_of_the_loyalty_program_on_the_profile(
-    platform: dict[str, ServiceProcess],
-) -> None:
-    """Loyalty opens an account with the first order and tells profile, through
-    crm.touchpoints.v1, that the person belongs to its program."""
-    event = example_event("crm.touchpoint.web.order_completed", event_id=str(uuid.uuid4()))
-    customer = f"c-flow-{uuid.uuid4().hex[:8]}"
-    event["data"]["identities"] = {"customer_id": customer}
-    event["data"]["order_id"] = f"o-{customer}"
-    async with httpx.AsyncClient(timeout=10) as http:
-        answer = await http.post(
-            f"{platform['ingest'].url}/v1/events",
-            content=json.dumps(event),
-            headers={**CE_JSON, **basic(WRITE_KEY)},
-        )
-        assert answer.status_code == 202, answer.text
-
-        async def member() -> dict[str, Any] | None:
-            found = await http.get(
-                f"{platform['profile'].url}/v1/profiles",
-                params={"customer_id": customer},
-                headers=ADMIN,
-            )
-            if found.status_code != 200:
-                return None
-            profile: dict[str, Any] = found.json()
-            return profile if profile["memberships"] else None
-
-        profile = await wait_until(member, timeout=60, what="the loyalty membership on the profile")
-    assert profile is not None
-    (membership,) = profile["memberships"]
-    assert membership["program"] == "aurora-rewards"
-    assert membership["member"] is True
-    assert membership["member_id"] == profile["profile_id"]
-    assert datetime.fromisoformat(membership["since"]) == datetime.fromisoformat(event["time"])

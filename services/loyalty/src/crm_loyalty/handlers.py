@@ -23,14 +23,7 @@ from crm_loyalty.domain.ledger import (
 from crm_loyalty.program import PURCHASE_ACTIONS, Program
 from crm_shared import replica
 from crm_shared.consumer import Apply, ApplyBatch, Contended
-from crm_shared.contracts import (
-    LOYALTY,
-    TOUCHPOINT_ADAPTER,
-    TOUCHPOINTS,
-    ProfileSnapshot,
-    TouchpointEnvelope,
-    derived_event_id,
-)
+from crm_shared.contracts import LOYALTY, ProfileSnapshot, TouchpointEnvelope, derived_event_id
 from crm_shared.contracts.derived import (
     AccountErased,
     AccountErasedData,
@@ -183,50 +176,11 @@ def loyalty_records(
     return [event_record(topic, event.subject, event) for event in events]
 
 
-def enrolment_records(
-    ledger: Ledger, events: Sequence[TouchpointEnvelope[Any]], *, topic: str, source: str
-) -> list[OutgoingRecord]:
-    """A `membership_started` touchpoint for each account the batch opened, with the
-    identities of the touchpoint that opened it: profile then shows the person as a member of
-    the program, as it would for a membership told by any channel. Its id is fixed by the
-    program and the account, so a batch tried again tells profile once."""
-    opener: dict[str, TouchpointEnvelope[Any]] = {}
-    for event in events:
-        if event.profileid is not None:
-            opener.setdefault(event.profileid, event)
-    name = ledger.program.program
-    records = []
-    for account in ledger.accounts.values():
-        first = opener.get(account.profile_id)
-        if not account.is_new or first is None:
-            continue
-        channel = first.data.channel
-        touchpoint = TOUCHPOINT_ADAPTER.validate_python(
-            {
-                "specversion": "1.0",
-                "id": derived_event_id("loyalty-membership", name, account.profile_id),
-                "source": source,
-                "type": f"crm.touchpoint.{channel}.membership_started",
-                "time": first.time,
-                "data": {
-                    "channel": channel,
-                    "identities": first.data.identities.model_dump(exclude_none=True),
-                    "program": name,
-                    "member_id": account.profile_id,
-                },
-            },
-            strict=False,
-        )
-        records.append(event_record(topic, first.data.identities.strongest(), touchpoint))
-    return records
-
-
 def touchpoint_effects(program: Program) -> Any:
     """The batch effect function of `loyalty.touchpoints`, for `Service.consume_batches`."""
 
     def build(runtime: Runtime) -> ApplyBatch[TouchpointEnvelope[Any]]:
         topic = LOYALTY.full_name(runtime.settings.topic_prefix)
-        enrolments = TOUCHPOINTS.full_name(runtime.settings.topic_prefix)
         source = f"crm-{runtime.settings.service_name}"
         counting = _counts(program)
 
@@ -278,7 +232,6 @@ def touchpoint_effects(program: Program) -> Any:
             return [
                 *loyalty_records(ledger.outcomes, topic=topic, source=source),
                 *segment_records(moves, topic=topic, source=source, at=now),
-                *enrolment_records(ledger, moving, topic=enrolments, source=source),
             ]
 
         return apply
