@@ -37,7 +37,7 @@ TOUCHPOINTS = Topic(
     name="crm.touchpoints.v1",
     key="strongest identity of the event, `kind:value` (e.g. `email:a@b.c`)",
     value="TouchpointEvent",
-    producers=("ingest", "upstream"),
+    producers=("ingest", "notify", "upstream"),
     cleanup_policy="delete",
     description="Touchpoints as channels send them; validated on the way in. Invalid records "
     "from direct producers go to the dead letters.",
