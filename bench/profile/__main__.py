@@ -291,9 +291,10 @@ async def measure_latency(run: Run, people: list[Person]) -> Latency:
                             status = response.status
                             await response.read()
                         break
-                    except aiohttp.ClientConnectionError:
-                        # A kept-alive connection the server closed meanwhile: send again
-                        # (the same event ids; a copy would be dropped downstream).
+                    except (aiohttp.ClientConnectionError, TimeoutError):
+                        # A kept-alive connection the server closed meanwhile, or no answer
+                        # in time: send again (the same event ids; a copy would be dropped
+                        # downstream).
                         if attempt == 2:
                             return  # counted as not accepted
                 if status < 300:

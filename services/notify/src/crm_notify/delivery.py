@@ -235,10 +235,12 @@ class SmsSender:
         except (ValueError, AttributeError, TypeError):
             pass
         reason = f"sms: HTTP {answer.status_code}{detail}"[:500]
+        permanent = answer.status_code == 400
         raise DeliveryFailed(
             reason,
-            permanent=answer.status_code == 400,
-            bounced=code in UNREACHABLE_NUMBER_CODES,
+            permanent=permanent,
+            # Only a refusal not tried again reports the number, and so only once.
+            bounced=permanent and code in UNREACHABLE_NUMBER_CODES,
             code=code,
         )
 

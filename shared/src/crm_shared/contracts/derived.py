@@ -70,8 +70,9 @@ class ActivitySummary(Contract):
 
 class ContactPoint(Contract):
     """An address and whether it may be used: a hard bounce makes an email address
-    undeliverable, a complaint or an unsubscribe ends marketing to it, and an SMS opt-out
-    keyword (STOP) ends marketing to a phone number (each with the event time and reason)."""
+    undeliverable, a complaint or an unsubscribe ends marketing to it; a number that cannot take
+    SMS (`phone.sms_failed`, permanent) is undeliverable until an SMS comes from it, and an SMS
+    opt-out keyword (STOP) ends marketing to it (each with the event time and reason)."""
 
     channel: Literal["email", "phone"]
     address: NonEmptyStr

@@ -1,8 +1,9 @@
 """What a profile's touchpoints add up to: when the person was first and last seen, how often on
 each channel, their orders and revenue, their last contact each way; and the health of each
 email address (a bounce makes it undeliverable, a complaint or an unsubscribe ends marketing to
-it) and phone number (an SMS opt-out keyword ends marketing to it). Pure, stored as jsonb; every
-fact by event time, so a late event never undoes a newer one.
+it) and phone number (a permanent SMS failure makes it undeliverable until an SMS comes from it,
+an SMS opt-out keyword ends marketing to it). Pure, stored as jsonb; every fact by event time,
+so a late event never undoes a newer one.
 """
 
 from __future__ import annotations
