@@ -52,25 +52,14 @@ def notification_event(
 def bounce_touchpoint(prefix: str, row: NotificationRow, at: datetime) -> OutgoingRecord:
     """What notify saw itself, told to profile as any channel would: the receiving server
     refused the address (a hard bounce), so profile marks it undeliverable."""
-    assert row.address is not None
-    event = TOUCHPOINT_ADAPTER.validate_python(
-        {
-            "specversion": "1.0",
-            "id": derived_event_id("notify-bounce", row.notification_id),
-            "source": "crm-notify",
-            "type": "crm.touchpoint.email.bounced",
-            "time": at,
-            "data": {
-                "channel": "email",
-                "identities": {"email": row.address},
-                "message_id": f"<{row.notification_id}@crm-notify>",
-                "bounce_type": "hard",
-                "reason": (row.reason or "")[:1024] or None,
-            },
-        },
-        strict=False,
+    return _address_touchpoint(
+        prefix,
+        row,
+        at,
+        "notify-bounce",
+        "email.bounced",
+        {"message_id": f"<{row.notification_id}@crm-notify>", "bounce_type": "hard"},
     )
-    return event_record(TOUCHPOINTS.full_name(prefix), f"email:{row.address}", event)
 
 
 def sms_failed_touchpoint(
@@ -78,23 +67,46 @@ def sms_failed_touchpoint(
 ) -> OutgoingRecord:
     """The SMS provider said the number cannot take SMS (`UNREACHABLE_NUMBER_CODES`): told to
     profile as a touchpoint, so it marks the number undeliverable."""
+    return _address_touchpoint(
+        prefix,
+        row,
+        at,
+        "notify-sms-failed",
+        "phone.sms_failed",
+        {
+            "message_id": row.provider_id or row.notification_id,
+            "error_code": code,
+            "permanent": True,
+        },
+    )
+
+
+def _address_touchpoint(
+    prefix: str,
+    row: NotificationRow,
+    at: datetime,
+    id_kind: str,
+    type_: str,
+    data: dict[str, Any],
+) -> OutgoingRecord:
+    """A touchpoint about the notification's address (its email address or phone number) on
+    crm.touchpoints.v1, keyed as ingest keys it, with an id fixed by the notification."""
     assert row.address is not None
+    channel = type_.split(".", 1)[0]  # email or phone: also the kind of the address
     event = TOUCHPOINT_ADAPTER.validate_python(
         {
             "specversion": "1.0",
-            "id": derived_event_id("notify-sms-failed", row.notification_id),
+            "id": derived_event_id(id_kind, row.notification_id),
             "source": "crm-notify",
-            "type": "crm.touchpoint.phone.sms_failed",
+            "type": f"crm.touchpoint.{type_}",
             "time": at,
             "data": {
-                "channel": "phone",
-                "identities": {"phone": row.address},
-                "message_id": row.provider_id or row.notification_id,
-                "error_code": code,
-                "permanent": True,
+                "channel": channel,
+                "identities": {channel: row.address},
+                **data,
                 "reason": (row.reason or "")[:1024] or None,
             },
         },
         strict=False,
     )
-    return event_record(TOUCHPOINTS.full_name(prefix), f"phone:{row.address}", event)
+    return event_record(TOUCHPOINTS.full_name(prefix), f"{channel}:{row.address}", event)
