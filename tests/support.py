@@ -198,13 +198,17 @@ async def produce(
     topic: str,
     values: list[tuple[bytes | None, bytes | None]],
     headers: list[tuple[str, bytes]] | None = None,
+    timestamp_ms: int | None = None,
 ) -> None:
-    """Publish (key, value) pairs as an upstream producer would, acks=all."""
+    """Publish (key, value) pairs as an upstream producer would, acks=all; `timestamp_ms` sets
+    the records' time (default: now)."""
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all")
     await producer.start()
     try:
         for key, value in values:
-            await producer.send_and_wait(topic, value, key=key, headers=headers or [])
+            await producer.send_and_wait(
+                topic, value, key=key, headers=headers or [], timestamp_ms=timestamp_ms
+            )
     finally:
         await producer.stop()
 

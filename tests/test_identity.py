@@ -8,6 +8,7 @@ import asyncio
 import json
 import random
 import uuid
+from datetime import UTC, datetime, timedelta
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -21,7 +22,7 @@ from crm_profile import store
 from crm_profile.app import build as build_profile
 from crm_profile.app import migrations as profile_migrations
 from crm_profile.domain.resolution import IdentifierKey
-from crm_profile.handlers import touchpoint_effects
+from crm_profile.handlers import Arrival, touchpoint_effects
 from crm_profile.rebuild import rebuild
 from crm_profile.settings import ProfileSettings
 from crm_shared.consumer import Contended
@@ -268,7 +269,7 @@ def test_the_graph_in_postgresql_matches_the_model_over_random_sequences(
         for n, (keys, batch_ends) in enumerate(sequence, start=1):
             event = as_event(keys)
             model.apply(event.data.identities.pairs())  # one event at a time
-            batch.append(event)
+            batch.append(Arrival(event, event.time))
             if batch_ends or n == len(sequence):
                 async with conn.transaction():
                     await apply(conn, batch)
@@ -438,7 +439,8 @@ async def test_a_resolution_waiting_on_a_merge_starts_again_on_the_survivor(
     def event(minute: int, **identities: str) -> Any:
         document = touchpoint("crm.touchpoint.web.page_viewed", **identities)
         document["time"] = f"2026-11-20T10:{minute:02}:00Z"  # P1 is the older: it survives
-        return TOUCHPOINT_ADAPTER.validate_json(json.dumps(document))
+        parsed = TOUCHPOINT_ADAPTER.validate_json(json.dumps(document))
+        return Arrival(parsed, parsed.time)
 
     async def resolve_with_retries(conn: DbConnection, incoming: Any) -> int:
         for attempt in range(1, 10):
@@ -498,6 +500,10 @@ async def test_erasure_forgets_the_person_tells_everyone_and_a_new_event_starts_
     first["data"]["traits"] = {"first_name": "Eva"}
     second = touchpoint("crm.touchpoint.phone.call_completed", phone="+37060000077")
     link = touchpoint("crm.touchpoint.web.signed_up", email="eva@x.org", phone="+37060000077")
+    # After the erasure: late records about the erased person are left out (one happened
+    # before it, one was written before it), the person's new event starts afresh.
+    late = touchpoint("crm.touchpoint.email.bounced", email="eva@x.org", phone="+37060000078")
+    backdated = touchpoint("crm.touchpoint.web.page_viewed", anonymous_id="a-9")
     again = touchpoint("crm.touchpoint.web.page_viewed", email="eva@x.org")
     agent = {"Authorization": "Bearer agent-token"}
     service = build_profile(
@@ -532,9 +538,19 @@ async def test_erasure_forgets_the_person_tells_everyone_and_a_new_event_starts_
             for table in ("identifiers", "touchpoints", "identity_conflicts")
         }
         traits = await pool.fetch("SELECT traits, erased_at FROM profiles")
+        after = datetime.now(UTC)
+        backdated["time"] = again["time"] = after.isoformat()
+        await produce(endpoints.bootstrap, topic, [(b"k", json.dumps(late).encode())])
+        await produce(
+            endpoints.bootstrap,
+            topic,
+            [(b"k", json.dumps(backdated).encode())],
+            timestamp_ms=int((after - timedelta(minutes=1)).timestamp() * 1000),
+        )
         await produce(endpoints.bootstrap, topic, [(b"k", json.dumps(again).encode())])
         await wait_until(lambda: stored(again["id"]), what="the new touchpoint stored")
         newcomer = await http.get("/v1/profiles", params={"email": "eva@x.org"}, headers=agent)
+        stored_after = [r[0] for r in await pool.fetch("SELECT event_id FROM touchpoints")]
         # Found by the fuzzer: PostgreSQL stores no NUL, so a parameter with one is a 422.
         nul_query = await http.get("/v1/profiles", params={"customer_id": "c\x00"}, headers=agent)
         nul_path = await http.get("/v1/profiles/p%00/timeline", headers=agent)
@@ -574,11 +590,13 @@ async def test_erasure_forgets_the_person_tells_everyone_and_a_new_event_starts_
     assert newcomer.status_code == 200
     assert newcomer.json()["profile_id"] not in erased.json()["erased"]
     assert newcomer.json()["traits"] == {}
+    assert newcomer.json()["identifiers"] == [{"kind": "email", "value": "eva@x.org"}]
+    assert stored_after == [again["id"]], "the late records were left out"
     assert nul_query.status_code == 422
     assert "customer_id" in nul_query.text
     assert nul_path.status_code == 422
     assert "profile_id" in nul_path.text
     assert len(log) == 3, "the erased identifiers, as hashes"
     assert "eva@x.org" not in str(log)
-    assert (report.forgotten, report.applied) == (3, 1)
+    assert (report.forgotten, report.applied) == (5, 1)
     assert [tuple(r) for r in rebuilt_ids] == [("email", "eva@x.org")], "only the newcomer"

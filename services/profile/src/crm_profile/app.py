@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 from crm_profile.api import router
-from crm_profile.handlers import touchpoint_effects
+from crm_profile.handlers import decode_arrival, touchpoint_effects
 from crm_profile.settings import ProfileSettings
-from crm_shared.consumer import decode_touchpoint
 from crm_shared.contracts import TOUCHPOINTS
 from crm_shared.database import Migration, load_migrations, plumbing_migrations
 from crm_shared.installed import ServiceDescriptor
@@ -27,7 +26,7 @@ def build(settings: ProfileSettings | None = None) -> Service:
     service.consume_batches(
         "profile.touchpoints",
         TOUCHPOINTS,
-        decode_touchpoint(settings.identifier_kinds),
+        decode_arrival(settings.identifier_kinds),
         touchpoint_effects,
     )
     service.app.include_router(router)

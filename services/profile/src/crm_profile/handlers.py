@@ -4,15 +4,19 @@ consumer's transaction."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+from aiokafka import ConsumerRecord
+
 from crm_profile import store
 from crm_profile.batch import BatchResolution
+from crm_profile.domain.erasure import forgotten
 from crm_profile.settings import ProfileSettings
 from crm_profile.snapshots import snapshot_of
-from crm_shared.consumer import ApplyBatch
+from crm_shared.consumer import ApplyBatch, Decode, Received, decode_touchpoint
 from crm_shared.contracts import PROFILES, TOUCHPOINTS_RESOLVED, TouchpointEnvelope
 from crm_shared.database import DbConnection
 from crm_shared.kafka import OutgoingRecord
@@ -23,7 +27,27 @@ from crm_shared.service import Runtime
 log = get_logger(__name__)
 
 
-def touchpoint_effects(runtime: Runtime) -> ApplyBatch[TouchpointEnvelope[Any]]:
+@dataclass(frozen=True)
+class Arrival:
+    """A touchpoint and when its record was written to the topic (the record's timestamp)."""
+
+    event: TouchpointEnvelope[Any]
+    written: datetime
+
+
+def decode_arrival(identifier_kinds: Iterable[str]) -> Decode[Arrival]:
+    """`crm.touchpoints.v1`'s decoder (`decode_touchpoint`), keeping the record's time."""
+    decode = decode_touchpoint(identifier_kinds)
+
+    def arrival(record: ConsumerRecord[bytes, bytes]) -> Received[Arrival]:
+        received = decode(record)
+        written = datetime.fromtimestamp(record.timestamp / 1000, UTC)
+        return Received(received.event_id, Arrival(received.event, written))
+
+    return arrival
+
+
+def touchpoint_effects(runtime: Runtime) -> ApplyBatch[Arrival]:
     prefix = runtime.settings.topic_prefix
     source = f"crm-{runtime.settings.service_name}"
     settings = runtime.settings
@@ -32,11 +56,9 @@ def touchpoint_effects(runtime: Runtime) -> ApplyBatch[TouchpointEnvelope[Any]]:
     resolved_topic = TOUCHPOINTS_RESOLVED.full_name(prefix)
     snapshots_topic = PROFILES.full_name(prefix)
 
-    async def apply(
-        conn: DbConnection, events: Sequence[TouchpointEnvelope[Any]]
-    ) -> Sequence[OutgoingRecord]:
+    async def apply(conn: DbConnection, arrivals: Sequence[Arrival]) -> Sequence[OutgoingRecord]:
         now = datetime.now(UTC)
-        keys = sorted({key for event in events for key in event.data.identities.pairs()})
+        keys = sorted({key for a in arrivals for key in a.event.data.identities.pairs()})
         # Locks in a fixed order: the batch's identifiers (sorted advisory locks), then the
         # profiles that own them (sorted row locks). Owners read under the first are final
         # once the second are held: an identifier is attached or deleted only under its own
@@ -44,6 +66,12 @@ def touchpoint_effects(runtime: Runtime) -> ApplyBatch[TouchpointEnvelope[Any]]:
         # transaction that marks the profile so; `lock_owners` finds that mark (Contended:
         # the batch starts again).
         await store.lock_identifiers(conn, keys)
+        # Read under those locks: an erasure of one of them has committed before, or waits.
+        erased = await store.erased_among(conn, keys)
+        events = [a.event for a in arrivals if not forgotten(a.event, a.written, erased)]
+        if len(events) < len(arrivals):
+            left_out = [a.event.id for a in arrivals if forgotten(a.event, a.written, erased)]
+            log.info("touchpoints of erased people left out", event_ids=left_out)
         owners = await store.owners(conn, keys)
         profiles = await store.lock_owners(conn, owners.values())
 

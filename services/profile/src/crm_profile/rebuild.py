@@ -12,8 +12,9 @@ not in CRM_IDENTIFIER_KINDS) are skipped and counted.
 The topic must still hold every touchpoint: its retention (retention.ms, retention.bytes) has
 to be unlimited, or at least longer than the history profiles should keep. It then also holds
 the touchpoints of people erased since: pass `--erasures-from` the live database, and records
-written before an erasure that carry an erased identifier are skipped (and the erasure log is
-carried over); without it, erased people come back. Identity decisions
+that carry an erased identifier and were written or happened before its erasure are skipped,
+as the live consumer skips them (and the erasure log is carried over); without it, erased people
+come back. Identity decisions
 that depend on the order of events on different partitions (which profile id survives a merge,
 which link a limit refuses) follow the order the rebuild reads; people, traits, consents and
 activity come out the same.
@@ -26,7 +27,7 @@ import asyncio
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
@@ -34,10 +35,11 @@ from aiokafka.structs import ConsumerRecord
 from pydantic import ValidationError
 
 from crm_profile.app import migrations
-from crm_profile.handlers import touchpoint_effects
+from crm_profile.domain.erasure import forgotten
+from crm_profile.handlers import Arrival, decode_arrival, touchpoint_effects
 from crm_profile.settings import ProfileSettings
-from crm_profile.store import erasure_log, identifier_hash
-from crm_shared.consumer import Contended, Received, Undecodable, claim, decode_touchpoint
+from crm_profile.store import erasure_log
+from crm_shared.consumer import Contended, Received, Undecodable, claim
 from crm_shared.contracts import TOUCHPOINTS
 from crm_shared.database import apply_migrations, create_pool
 from crm_shared.kafka import create_producer
@@ -64,15 +66,6 @@ class Report:
     """Records of erased people, written before their erasure."""
 
 
-def _erased(event: Any, record: ConsumerRecord[bytes, bytes], log: dict[str, datetime]) -> bool:
-    written = datetime.fromtimestamp(record.timestamp / 1000, UTC)
-    for kind, value in event.data.identities.pairs():
-        erased_at = log.get(identifier_hash(kind, value))
-        if erased_at is not None and written < erased_at:
-            return True
-    return False
-
-
 async def rebuild(
     settings: ProfileSettings,
     *,
@@ -81,7 +74,7 @@ async def rebuild(
 ) -> Report:
     """Apply every record of the touchpoints topic to the database of `settings`, leaving out
     what `erasures` (identifier hash: when it was erased) says was forgotten."""
-    forgotten = erasures or {}
+    erasures = erasures or {}
     pool = await create_pool(settings.database_url, 2)
     producer = create_producer(settings)  # never started: effects only return what to publish
     try:
@@ -93,12 +86,12 @@ async def rebuild(
                 )
             await conn.executemany(
                 "INSERT INTO erased_identifiers (identifier_hash, erased_at) VALUES ($1, $2)",
-                list(forgotten.items()),
+                list(erasures.items()),
             )
         apply = touchpoint_effects(Runtime(settings=settings, producer=producer))
         report = Report()
-        pending: list[Received[Any]] = []
-        decode = decode_touchpoint(settings.identifier_kinds)
+        pending: list[Received[Arrival]] = []
+        decode = decode_arrival(settings.identifier_kinds)
 
         async def flush() -> None:
             """The pending events in one transaction, as the live consumer applies a batch
@@ -125,7 +118,7 @@ async def rebuild(
             except (ValidationError, Undecodable):
                 report.skipped += 1  # the live consumer dead-lettered it
                 continue
-            if _erased(received.event, record, forgotten):
+            if forgotten(received.event.event, received.event.written, erasures):
                 report.forgotten += 1
                 continue
             pending.append(received)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -11,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 import asyncpg
 
 from crm_profile.domain.activity import Activity, Contacts
+from crm_profile.domain.erasure import identifier_hash
 from crm_profile.domain.membership import Memberships
 from crm_profile.domain.resolution import IdentifierKey
 from crm_profile.domain.state import Consents, Traits
@@ -312,8 +312,14 @@ class ProfileErased(Exception):
     """The profile to erase was erased meanwhile."""
 
 
-def identifier_hash(kind: str, value: str) -> str:
-    return hashlib.sha256(f"{kind}:{value}".encode()).hexdigest()
+async def erased_among(conn: DbConnection, keys: Iterable[IdentifierKey]) -> dict[str, datetime]:
+    """The erasure log's entries for `keys` (identifier hash: when it was erased)."""
+    rows = await conn.fetch(
+        "SELECT identifier_hash, erased_at FROM erased_identifiers "
+        "WHERE identifier_hash = ANY($1::text[])",
+        [identifier_hash(kind, value) for kind, value in keys],
+    )
+    return {r["identifier_hash"]: r["erased_at"] for r in rows}
 
 
 async def erase(conn: DbConnection, survivor: str, at: datetime) -> Erasure:
