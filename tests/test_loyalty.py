@@ -23,6 +23,7 @@ from crm_loyalty.check import check
 from crm_loyalty.program import EXAMPLE_PROGRAM
 from crm_loyalty.settings import LoyaltySettings
 from crm_shared.contracts import (
+    DEADLETTER,
     LOYALTY,
     PROFILES,
     TOUCHPOINTS_RESOLVED,
@@ -142,6 +143,37 @@ async def test_orders_earn_once_lift_the_tier_and_refunds_take_back_exactly(
     assert tier["source_event_id"] == store["id"]
     assert {e["subject"] for e in out} == {ana}
 
+    assert await check(loyalty_url) == 0
+
+
+async def test_a_purchase_under_an_order_id_already_used_is_dead_lettered_with_the_reason(
+    endpoints: Endpoints, topic_prefix: str, loyalty_url: str
+) -> None:
+    ana, bob = f"p-{uuid.uuid4().hex[:8]}", f"p-{uuid.uuid4().hex[:8]}"
+    web = resolved("web.order_completed", ana, 1, order_id="1001", revenue=600, currency="EUR")
+    # A store numbers its receipts like the web shop: the same id, another purchase.
+    receipt = resolved("store.purchase", bob, 2, order_id="1001", revenue=30, currency="EUR")
+    other = resolved("store.purchase", bob, 3, order_id="r-2", revenue=40, currency="EUR")
+    settings = service_settings(LoyaltySettings, endpoints, topic_prefix, loyalty_url)
+    service = build(settings)
+    async with running(service):
+        pool = service.app.state.runtime.db
+        await publish(endpoints, topic_prefix, [web])
+        await wait_until(lambda: handled(pool, 1), what="the web order to be handled")
+        await publish(endpoints, topic_prefix, [receipt, other])
+        dead = await read_topic(endpoints.bootstrap, DEADLETTER.full_name(topic_prefix), at_least=1)
+        await wait_until(lambda: handled(pool, 2), what="bob's other purchase to be handled")
+        balances = dict(await pool.fetch("SELECT profile_id, balance FROM accounts"))
+
+    assert [json.loads(r.value or b"")["id"] for r in dead] == [receipt["id"]]
+    headers = dict(dead[0].headers)
+    assert headers["error_class"] == b"OrderConflict"
+    assert headers["attempts"] == b"1", "refused at once: no retry can help"
+    assert headers["error"].decode() == (
+        f"data.order_id: order '1001' already earned for 600.0000 EUR (event {web['id']}), "
+        "this purchase says 30 EUR; order ids must be unique across channels"
+    )
+    assert balances == {ana: 600, bob: 60}, "the web order kept; bob's other purchase earned"
     assert await check(loyalty_url) == 0
 
 

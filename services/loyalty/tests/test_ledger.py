@@ -9,6 +9,7 @@ from decimal import Decimal
 from typing import Any
 from zoneinfo import ZoneInfo
 
+import pytest
 from dateutil.relativedelta import relativedelta
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -21,6 +22,7 @@ from crm_loyalty.domain.ledger import (
     Ledger,
     NotEnoughPoints,
     Order,
+    OrderConflict,
     PointsMoved,
     TierMoved,
     add_months,
@@ -115,6 +117,25 @@ def test_an_order_in_a_currency_without_a_rate_earns_nothing() -> None:
 
 def test_the_same_order_under_a_second_event_id_earns_once() -> None:
     ledger = run([order("e-1", "50", "o-1"), order("e-1-resent", "50", "o-1")])
+    assert [e.source_event_id for e in ledger.entries] == ["e-1"]
+    assert ledger.accounts["p-1"].balance == 50
+
+
+def test_a_second_order_under_a_used_order_id_is_refused_not_silently_ignored() -> None:
+    ledger = run([order("e-1", "50", "o-1")])
+    store = event(
+        "store.purchase", "r-1", profile="p-2", order_id="o-1", revenue="12.5", currency="EUR"
+    )
+    in_dollars = order("e-2", "50", "o-1", currency="USD")
+
+    with pytest.raises(OrderConflict) as refused:
+        ledger.apply(store)
+    with pytest.raises(OrderConflict):
+        ledger.apply(in_dollars)
+    assert str(refused.value) == (
+        "data.order_id: order 'o-1' already earned for 50 EUR (event e-1), this purchase says "
+        "12.5 EUR; order ids must be unique across channels"
+    )
     assert [e.source_event_id for e in ledger.entries] == ["e-1"]
     assert ledger.accounts["p-1"].balance == 50
 
@@ -273,16 +294,23 @@ def test_any_sequence_keeps_every_balance_equal_to_its_entries(ops: list[Any]) -
     for n, (kind, profile, number, amount) in enumerate(ops):
         eid = f"e-{n}"
         if kind == "order":
-            ledger.apply(
-                event(
-                    "web.order_completed",
-                    eid,
-                    profile,
-                    n,
-                    revenue=str(amount),
-                    order_id=f"o-{number}",
+            earlier = ledger.orders.get(f"o-{number}")
+            entries = len(ledger.entries)
+            try:
+                ledger.apply(
+                    event(
+                        "web.order_completed",
+                        eid,
+                        profile,
+                        n,
+                        revenue=str(amount),
+                        order_id=f"o-{number}",
+                    )
                 )
-            )
+            except OrderConflict:  # the id of an order that earned for another amount
+                assert earlier is not None
+                assert earlier.revenue != amount
+                assert len(ledger.entries) == entries, "refused before it changed anything"
         elif kind == "refund":
             refunded = str(amount) if amount % 2 else None  # odd: that amount; even: all of it
             ledger.apply(

@@ -4,10 +4,11 @@ Records come in batches. Each record is decoded (undecodable: straight to the de
 then, in one database transaction per batch, the event ids are claimed in `processed_events`
 (already there: a duplicate, skipped), the new events' effects are applied in order and the
 events they emit are queued in the outbox. Only after that commit does FastStream commit the
-Kafka offsets. A record whose effects keep failing goes to
-`crm.deadletter.v1` after bounded tries, with the reason in headers, and the partition moves
-on. When the database or the broker is unreachable the record is not dead-lettered: it is
-rewound and tried again, so an outage never turns good records into dead letters.
+Kafka offsets. A record whose effects keep failing goes to `crm.deadletter.v1` after bounded
+tries, with the reason in headers, and the partition moves on; one the service refuses
+(`crm_shared.errors.Refused`) goes there at once. When the database or the broker is
+unreachable the record is not dead-lettered: it is rewound and tried again, so an outage never
+turns good records into dead letters.
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ from crm_shared.contracts.envelope import dedupe_key, json_context
 from crm_shared.contracts.topics import DEADLETTER
 from crm_shared.contracts.touchpoints import TOUCHPOINT_ADAPTER
 from crm_shared.database import DbConnection, unit_of_work
-from crm_shared.errors import summary
+from crm_shared.errors import Refused, summary
 from crm_shared.kafka import OutgoingRecord, publish_all
 from crm_shared.logging import get_logger
 from crm_shared.outbox import OutboxRelay, write_outbox
@@ -283,7 +284,7 @@ class IdempotentConsumer(Generic[E]):
                     await asyncio.sleep(delay * transient_tries)
                     continue
                 attempt += 1
-                if attempt >= attempts:
+                if attempt >= attempts or isinstance(exc, Refused):
                     log.error(
                         "record failed; dead-lettered",
                         consumer=self.name,

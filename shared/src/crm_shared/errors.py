@@ -7,6 +7,12 @@ from typing import TypedDict
 from pydantic import ValidationError
 
 
+class Refused(Exception):
+    """A valid record that what the service already holds makes wrong (an order id another
+    order already used): consumers dead-letter it at once, with this message as the reason,
+    since no retry can help."""
+
+
 class FieldError(TypedDict):
     field: str
     reason: str

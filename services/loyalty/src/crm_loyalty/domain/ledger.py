@@ -24,6 +24,7 @@ from typing import Any, Literal, TypeVar
 
 from crm_loyalty.program import PURCHASE_ACTIONS, Program
 from crm_shared.contracts import derived_event_id
+from crm_shared.errors import Refused
 
 QUANTUM = Decimal("0.0001")
 
@@ -181,6 +182,21 @@ TIER_REVIEW = "tier_review"
 TIMER_KINDS = (EXPIRY, EXPIRY_WARNING, TIER_REVIEW)
 
 
+class OrderConflict(Refused):
+    """A purchase names an order that another purchase already earned for, with a different
+    amount: two orders share an id (a store's receipt and a web order numbered alike), or the
+    order changed. Earning again could pay twice and earning nothing loses points, so it is
+    refused (dead-lettered with this reason) for someone to look at."""
+
+    def __init__(self, order: Order, revenue: Decimal, currency: str) -> None:
+        earned_for = f"{order.revenue} {order.currency}" if order.currency else f"{order.revenue}"
+        super().__init__(
+            f"data.order_id: order {order.order_id!r} already earned for {earned_for} (event "
+            f"{order.order_event_id}), this purchase says {revenue} {currency}; order ids must "
+            "be unique across channels"
+        )
+
+
 class NotEnoughPoints(Exception):
     def __init__(self, balance: int, cost: int) -> None:
         super().__init__(f"the balance is {balance} points, the reward costs {cost}")
@@ -247,6 +263,8 @@ class Ledger:
         data = event.data
         order = self.orders.get(data.order_id)
         if order is not None and order.order_event_id is not None:
+            if order.revenue != data.revenue or order.currency not in (None, data.currency):
+                raise OrderConflict(order, data.revenue, data.currency)
             return  # the same order sent again under another event id earns nothing more
         account = self.account(event.profileid, event.time)
         if order is None:
