@@ -131,6 +131,8 @@ async def test_orders_earn_once_lift_the_tier_and_refunds_take_back_exactly(
     out = values_of(
         await read_topic(endpoints.bootstrap, LOYALTY.full_name(topic_prefix), at_least=5)
     )
+    # The first order schedules the first RFM recompute, which may score Ana in the meantime.
+    out = [e for e in out if e["type"] != "crm.loyalty.segment_changed"]
     assert [(e["type"], e["data"].get("points"), e["data"].get("balance")) for e in out] == [
         ("crm.loyalty.points_earned", 600, 600),
         ("crm.loyalty.points_earned", 450, 1050),

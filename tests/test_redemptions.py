@@ -171,6 +171,8 @@ async def test_a_cancelled_redemption_gives_back_its_points_with_their_expiry(
     out = values_of(
         await read_topic(endpoints.bootstrap, LOYALTY.full_name(topic_prefix), at_least=4)
     )
+    # The first order schedules the first RFM recompute, which may score Ana in the meantime.
+    out = [e for e in out if e["type"] != "crm.loyalty.segment_changed"]
     assert [(e["type"], e["data"]["points"], e["data"]["balance"]) for e in out] == [
         ("crm.loyalty.points_earned", 60, 60),
         ("crm.loyalty.points_earned", 60, 120),
