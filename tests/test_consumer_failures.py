@@ -17,6 +17,7 @@ from crm_shared.consumer import IdempotentConsumer, decode_json_event, one_by_on
 from crm_shared.contracts import DEADLETTER, TOUCHPOINT_ADAPTER, TOUCHPOINTS
 from crm_shared.contracts.examples import example_event
 from crm_shared.database import DbConnection, create_pool, migrate, plumbing_migrations
+from crm_shared.errors import Refused
 from crm_shared.kafka import OutgoingRecord, create_producer
 from crm_shared.outbox import OutboxRelay
 from crm_shared.settings import StatefulSettings
@@ -210,16 +211,24 @@ async def test_a_batch_commits_in_one_transaction_and_a_repeated_event_counts_on
     assert queued == [i.encode() for i in ids], "queued once each, in the batch's order"
 
 
+@pytest.mark.parametrize(
+    ("failure", "tries"),
+    [(ValueError("no tier named 'platinum'"), 3), (Refused("order 'o-1' already earned"), 1)],
+)
 async def test_a_failing_record_in_a_batch_is_dead_lettered_alone_and_the_rest_commit(
-    harness: Harness, endpoints: Endpoints
+    harness: Harness, endpoints: Endpoints, failure: Exception, tries: int
 ) -> None:
     """The batch fails as a whole; its records are then tried one by one, so the failing one is
-    retried and dead-lettered and every other one is applied exactly once."""
+    retried and dead-lettered (a refused one at the first try) and every other one is applied
+    exactly once."""
     poison = str(uuid.uuid4())
+    poisoned = 0
 
     async def effects(conn: DbConnection, event: Any) -> Sequence[OutgoingRecord]:
+        nonlocal poisoned
         if event.id == poison:
-            raise ValueError("no tier named 'platinum'")
+            poisoned += 1
+            raise failure
         return [OutgoingRecord("x", None, event.id.encode(), {})]
 
     topic = TOUCHPOINTS.full_name(harness.settings.topic_prefix)
@@ -244,5 +253,8 @@ async def test_a_failing_record_in_a_batch_is_dead_lettered_alone_and_the_rest_c
         endpoints.bootstrap, DEADLETTER.full_name(harness.settings.topic_prefix), at_least=2
     )
     reasons = sorted(dict(d.headers)["error_class"] for d in dead)
-    assert reasons == [b"ValidationError", b"ValueError"]
-    assert [dict(d.headers)["attempts"] for d in dead if d.value != b"{not json"] == [b"3"]
+    assert reasons == sorted([b"ValidationError", type(failure).__name__.encode()])
+    poisoned_dead = [dict(d.headers) for d in dead if d.value != b"{not json"]
+    assert [h["attempts"] for h in poisoned_dead] == [str(tries).encode()]
+    assert [h["error"] for h in poisoned_dead] == [str(failure).encode()]
+    assert poisoned == 1 + tries, "once in the batch, then alone"

@@ -5,7 +5,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Annotated, Any
 
 import asyncpg
@@ -465,7 +465,7 @@ async def erase_profile(request: Request, profile_id: str) -> Any:
     for _ in range(ERASE_TRIES):
         try:
             async with runtime.db.acquire() as conn, conn.transaction():
-                erased = await store.erase(conn, profile_id, datetime.now(UTC))
+                erased = await store.erase(conn, profile_id)
                 await write_outbox(
                     conn,
                     [

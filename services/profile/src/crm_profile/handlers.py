@@ -41,8 +41,14 @@ def decode_arrival(identifier_kinds: Iterable[str]) -> Decode[Arrival]:
 
     def arrival(record: ConsumerRecord[bytes, bytes]) -> Received[Arrival]:
         received = decode(record)
-        written = datetime.fromtimestamp(record.timestamp / 1000, UTC)
-        return Received(received.event_id, Arrival(received.event, written))
+        event = received.event
+        # A record of the old message format has no time: the event's own time stands in.
+        written = (
+            datetime.fromtimestamp(record.timestamp / 1000, UTC)
+            if record.timestamp is not None and record.timestamp >= 0
+            else event.time
+        )
+        return Received(received.event_id, Arrival(event, written))
 
     return arrival
 

@@ -63,7 +63,7 @@ class Report:
     duplicates: int = 0
     skipped: int = 0
     forgotten: int = 0
-    """Records of erased people, written before their erasure."""
+    """Records of erased people, dated or written before their erasure."""
 
 
 async def rebuild(

@@ -322,7 +322,7 @@ async def erased_among(conn: DbConnection, keys: Iterable[IdentifierKey]) -> dic
     return {r["identifier_hash"]: r["erased_at"] for r in rows}
 
 
-async def erase(conn: DbConnection, survivor: str, at: datetime) -> Erasure:
+async def erase(conn: DbConnection, survivor: str) -> Erasure:
     """Delete everything held about the person of `survivor` (a live profile): identifiers,
     touchpoints, conflicts and the state of every profile of the family, whose rows stay as
     erased markers; the identifiers are logged as hashes (for rebuilds). Takes the locks events
@@ -351,6 +351,8 @@ async def erase(conn: DbConnection, survivor: str, at: datetime) -> Erasure:
     )
     if await family(conn, survivor) != members or len(held) != len(keys):
         raise Contended("the profile changed while erasure waited for it")
+    # Dated once the locks are held: a record written while the erasure waited is before it.
+    at: datetime = await conn.fetchval("SELECT clock_timestamp()")
     touchpoints = await conn.fetchval(
         "WITH gone AS (DELETE FROM touchpoints WHERE profile_id = ANY($1::text[]) RETURNING 1) "
         "SELECT count(*) FROM gone",
