@@ -423,6 +423,34 @@ async def test_two_profile_processes_racing_on_linking_events_keep_the_graph_con
     assert all(share > 0 for share in shares), shares
 
 
+def page_view_at(minute: int, **identities: str) -> Arrival:
+    """A page view at 10:`minute` on 2026-11-20, its record written then too."""
+    document = touchpoint("crm.touchpoint.web.page_viewed", **identities)
+    document["time"] = f"2026-11-20T10:{minute:02}:00Z"
+    parsed = TOUCHPOINT_ADAPTER.validate_json(json.dumps(document))
+    return Arrival(parsed, parsed.time)
+
+
+async def resolved_with_retries(apply: Any, conn: DbConnection, incoming: Arrival) -> int:
+    """`incoming` applied in a transaction of its own, started again on Contended as the
+    consumer does; returns the number of tries."""
+    for attempt in range(1, 10):
+        try:
+            async with conn.transaction():
+                await apply(conn, [incoming])
+            return attempt
+        except Contended:
+            continue
+    raise AssertionError("never resolved")
+
+
+async def waiting_for_a_lock(conn: DbConnection, backend: int) -> bool:
+    kind = await conn.fetchval(
+        "SELECT wait_event_type FROM pg_stat_activity WHERE pid = $1", backend
+    )
+    return bool(kind == "Lock")
+
+
 async def test_a_resolution_waiting_on_a_merge_starts_again_on_the_survivor(
     endpoints: Endpoints, databases: Databases
 ) -> None:
@@ -435,22 +463,8 @@ async def test_a_resolution_waiting_on_a_merge_starts_again_on_the_survivor(
     pool = await create_pool(url, 2)
     settings_ = profile_settings(endpoints, "unused.", url)
     apply = touchpoint_effects(Runtime(settings=settings_, producer=create_producer(settings_)))
-
-    def event(minute: int, **identities: str) -> Any:
-        document = touchpoint("crm.touchpoint.web.page_viewed", **identities)
-        document["time"] = f"2026-11-20T10:{minute:02}:00Z"  # P1 is the older: it survives
-        parsed = TOUCHPOINT_ADAPTER.validate_json(json.dumps(document))
-        return Arrival(parsed, parsed.time)
-
-    async def resolve_with_retries(conn: DbConnection, incoming: Any) -> int:
-        for attempt in range(1, 10):
-            try:
-                async with conn.transaction():
-                    await apply(conn, [incoming])
-                return attempt
-            except Contended:
-                continue
-        raise AssertionError("never resolved")
+    event = page_view_at  # P1 is the older: it survives
+    resolve_with_retries = partial(resolved_with_retries, apply)
 
     try:
         async with pool.acquire() as conn1, pool.acquire() as conn2:
@@ -462,15 +476,8 @@ async def test_a_resolution_waiting_on_a_merge_starts_again_on_the_survivor(
             second = asyncio.create_task(
                 resolve_with_retries(conn2, event(4, device_id="x", anonymous_id="z"))
             )
-            backend = conn2.get_server_pid()
-
-            async def waiting_for_a_lock() -> bool:
-                kind = await conn1.fetchval(
-                    "SELECT wait_event_type FROM pg_stat_activity WHERE pid = $1", backend
-                )
-                return bool(kind == "Lock")
-
-            await wait_until(waiting_for_a_lock, what="T2 to wait for the merged profile")
+            waiting = partial(waiting_for_a_lock, conn1, conn2.get_server_pid())
+            await wait_until(waiting, what="T2 to wait for the merged profile")
             await transaction.commit()
             attempts = await asyncio.wait_for(second, timeout=30)
             partition = await partition_in(conn1)
@@ -491,6 +498,43 @@ async def test_a_resolution_waiting_on_a_merge_starts_again_on_the_survivor(
 
 
 # --- export and erasure -------------------------------------------------------------------------
+async def test_a_late_record_waiting_on_an_erasure_is_left_out_once_it_commits(
+    endpoints: Endpoints, databases: Databases
+) -> None:
+    """The race, made to happen: T1 erases Eva and has not committed; T2 applies a record about
+    her from before the erasure. T2 waits for her identifier's lock, then must read the erasure
+    log T1 wrote and leave the record out; it must never make her a new profile."""
+    url = await databases.create("erase_race")
+    await migrate(url, profile_migrations())
+    pool = await create_pool(url, 2)
+    settings_ = profile_settings(endpoints, "unused.", url)
+    apply = touchpoint_effects(Runtime(settings=settings_, producer=create_producer(settings_)))
+    try:
+        async with pool.acquire() as conn1, pool.acquire() as conn2:
+            await resolved_with_retries(apply, conn1, page_view_at(1, email="eva@x.org"))
+            eva = await conn1.fetchval("SELECT profile_id FROM profiles")
+            transaction = conn1.transaction()
+            await transaction.start()
+            await store.erase(conn1, eva)
+            late = asyncio.create_task(
+                resolved_with_retries(apply, conn2, page_view_at(2, email="eva@x.org"))
+            )
+            waiting = partial(waiting_for_a_lock, conn1, conn2.get_server_pid())
+            await wait_until(waiting, what="T2 to wait for Eva's identifier")
+            await transaction.commit()
+            await asyncio.wait_for(late, timeout=30)
+            profiles = await conn1.fetch("SELECT profile_id, erased_at FROM profiles")
+            left = {
+                table: await conn1.fetchval(f"SELECT count(*) FROM {table}")
+                for table in ("identifiers", "touchpoints")
+            }
+    finally:
+        await pool.close()
+    assert [r["profile_id"] for r in profiles] == [eva], "no new profile for her"
+    assert profiles[0]["erased_at"] is not None
+    assert left == {"identifiers": 0, "touchpoints": 0}
+
+
 async def test_erasure_forgets_the_person_tells_everyone_and_a_new_event_starts_afresh(
     endpoints: Endpoints, topic_prefix: str, databases: Databases
 ) -> None:
