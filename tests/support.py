@@ -314,10 +314,17 @@ def free_port() -> int:
         return port
 
 
-def not_a_segment_change(record: ConsumerRecord[bytes, bytes]) -> bool:
-    """For `read_topic(counting=...)` on `crm.loyalty.v1`: the RFM timer's `segment_changed`
-    events come when its round comes, so tests that expect points events leave them out."""
+def _not_a_segment_change(record: ConsumerRecord[bytes, bytes]) -> bool:
     return b'"crm.loyalty.segment_changed"' not in (record.value or b"")
+
+
+async def loyalty_events(bootstrap: str, topic: str, *, at_least: int) -> list[Any]:
+    """The values on `crm.loyalty.v1` but segment changes, once there are `at_least` of them.
+    A customer's first order schedules the first RFM recompute at once, and its
+    `segment_changed` events come whenever that timer's round does: tests of points leave them
+    out."""
+    records = await read_topic(bootstrap, topic, at_least=at_least, counting=_not_a_segment_change)
+    return values_of([r for r in records if _not_a_segment_change(r)])
 
 
 def values_of(records: list[ConsumerRecord[bytes, bytes]]) -> list[Any]:
