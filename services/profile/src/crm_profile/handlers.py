@@ -74,10 +74,12 @@ def touchpoint_effects(runtime: Runtime) -> ApplyBatch[Arrival]:
         await store.lock_identifiers(conn, keys)
         # Read under those locks: an erasure of one of them has committed before, or waits.
         erased = await store.erased_among(conn, keys)
-        events = [a.event for a in arrivals if not forgotten(a.event, a.written, erased)]
-        if len(events) < len(arrivals):
-            left_out = [a.event.id for a in arrivals if forgotten(a.event, a.written, erased)]
-            log.info("touchpoints of erased people left out", event_ids=left_out)
+        events: list[TouchpointEnvelope[Any]] = []
+        for arrival in arrivals:
+            if forgotten(arrival.event, arrival.written, erased):
+                log.info("touchpoint of an erased person left out", event_id=arrival.event.id)
+            else:
+                events.append(arrival.event)
         owners = await store.owners(conn, keys)
         profiles = await store.lock_owners(conn, owners.values())
 
