@@ -54,8 +54,10 @@ from common import (  # noqa: E402
     as_records,
     broker_name,
     cpu_count,
+    cpu_seconds,
     git_revision,
     host_facts,
+    local_broker_pid,
     machine_busy_seconds,
     percentile,
     postgres_facts,
@@ -99,6 +101,8 @@ class Latency:
     wall_s: float = 0.0
     p99_by_window: list[float] = field(default_factory=list)
     """p99 of each `LATENCY_WINDOW_S` of sending: shows whether the tail is steady or spikes."""
+    broker_by_window: list[float] = field(default_factory=list)
+    """The local broker's CPU in each `LATENCY_WINDOW_S` of sending, as a share of one CPU."""
 
     def quantile(self, p: float) -> float:
         return percentile(self.latencies_ms, p)
@@ -303,6 +307,8 @@ async def measure_latency(run: Run, people: list[Person]) -> Latency:
                         acknowledged[event["id"]] = done
 
             cpu_before, busy_before = groups.sample(), machine_busy_seconds()
+            broker_cpu = BrokerCpu()
+            broker_cpu.start()
             started = time.monotonic()
             posts = []
             for n in range(batches):
@@ -310,6 +316,7 @@ async def measure_latency(run: Run, people: list[Person]) -> Latency:
                 posts.append(asyncio.create_task(post(n)))
             await asyncio.gather(*posts)
             sending_s = time.monotonic() - started
+            broker_by_window = await broker_cpu.stop()
             cpu = CpuGroups.delta(cpu_before, groups.sample(), machine_busy_seconds() - busy_before)
 
         def all_seen() -> bool:
@@ -334,10 +341,12 @@ async def measure_latency(run: Run, people: list[Person]) -> Latency:
         args.rate, len(counted), accepted, [ms for _, ms in found], batch_records, cpu, sending_s
     )
     result.p99_by_window = p99_by_window(found)
+    result.broker_by_window = broker_by_window
     print(
         f"bench:   p50 {result.quantile(50):.0f} ms, p99 {result.quantile(99):.0f} ms, "
         f"max {max(result.latencies_ms):.0f} ms over {len(found):,} touchpoints; p99 per "
         f"{LATENCY_WINDOW_S:.0f} s: {fmt_ms(result.p99_by_window)}"
+        + (f"; broker CPU per window: {fmt_cpus(broker_by_window)}" if broker_by_window else "")
     )
     return result
 
@@ -355,6 +364,37 @@ def p99_by_window(found: list[tuple[float, float]]) -> list[float]:
 class Hop:
     latencies_ms: list[float]
     p99_by_window: list[float]
+    broker_by_window: list[float]
+
+
+class BrokerCpu:
+    """The local broker's CPU in each `LATENCY_WINDOW_S` from `start()` until `stop()`, in
+    CPUs (1.0 is one CPU busy all the window); nothing when the broker is not the local one."""
+
+    def __init__(self) -> None:
+        self._pid = local_broker_pid()
+        self._task: asyncio.Task[list[float]] | None = None
+        self._stop = asyncio.Event()
+
+    def start(self) -> None:
+        if self._pid is not None:
+            self._task = asyncio.create_task(self._sample(self._pid))
+
+    async def stop(self) -> list[float]:
+        self._stop.set()
+        return [] if self._task is None else await self._task
+
+    async def _sample(self, pid: int) -> list[float]:
+        windows: list[float] = []
+        before = cpu_seconds([pid])
+        while not self._stop.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stop.wait(), LATENCY_WINDOW_S)
+            if not self._stop.is_set():
+                after = cpu_seconds([pid])
+                windows.append((after - before) / LATENCY_WINDOW_S)
+                before = after
+        return windows
 
 
 async def measure_broker_hop(run: Run) -> Hop:
@@ -397,6 +437,8 @@ async def measure_broker_hop(run: Run) -> Hop:
         batches = int((args.latency_warmup_s + args.latency_s) / interval)
         counted_from = int(args.latency_warmup_s / interval) * LATENCY_BATCH
         padding = b"x" * 1000
+        broker_cpu = BrokerCpu()
+        broker_cpu.start()
         started = time.monotonic()
         for n in range(batches):
             await asyncio.sleep(max(0.0, started + n * interval - time.monotonic()))
@@ -407,6 +449,7 @@ async def measure_broker_hop(run: Run) -> Hop:
                     lambda _, tag=tag: acknowledged.__setitem__(tag, time.monotonic())
                 )
         await producer.flush()
+        broker_by_window = await broker_cpu.stop()
         with contextlib.suppress(AssertionError):
             await wait_until(lambda: len(arrived) >= len(acknowledged), timeout=30)
         stop.set()
@@ -420,11 +463,12 @@ async def measure_broker_hop(run: Run) -> Hop:
         for tag, at in acknowledged.items()
         if tag in arrived and int(tag) >= counted_from
     ]
-    hop = Hop([ms for _, ms in found], p99_by_window(found))
+    hop = Hop([ms for _, ms in found], p99_by_window(found), broker_by_window)
     print(
         f"bench: broker alone, one hop at {args.rate:,}/s: p50 "
         f"{percentile(hop.latencies_ms, 50):.0f} ms, p99 {percentile(hop.latencies_ms, 99):.0f} "
         f"ms; p99 per {LATENCY_WINDOW_S:.0f} s: {fmt_ms(hop.p99_by_window)}"
+        + (f"; broker CPU per window: {fmt_cpus(broker_by_window)}" if broker_by_window else "")
     )
     return hop
 
@@ -481,6 +525,10 @@ async def bench(run: Run) -> None:
 
 
 # --- the report ----------------------------------------------------------------------------------
+def fmt_cpus(values: list[float]) -> str:
+    return ", ".join(f"{v:.0%}" for v in values)
+
+
 def fmt_ms(values: list[float]) -> str:
     return ", ".join(f"{v:.0f}" for v in values) + " ms"
 
@@ -551,7 +599,13 @@ def render(run: Run, started: datetime, total_s: float) -> str:
             f"| {max(lat.latencies_ms):.0f} ms | {met} |",
             "",
             f"p99 of each {LATENCY_WINDOW_S:.0f} s of sending, in order: "
-            f"{fmt_ms(lat.p99_by_window)}.",
+            f"{fmt_ms(lat.p99_by_window)}."
+            + (
+                f" The local broker's CPU in each {LATENCY_WINDOW_S:.0f} s, as a share of one CPU: "
+                f"{fmt_cpus(lat.broker_by_window)}."
+                if lat.broker_by_window
+                else ""
+            ),
             "",
             f"Profile committed {len(sizes):,} transactions, {percentile(sizes, 50)} touchpoints "
             f"in the median one and {max(sizes)} in the largest. CPU while sending "
@@ -565,8 +619,14 @@ def render(run: Run, started: datetime, total_s: float) -> str:
             f"The broker alone, one hop (produce with acks=all to a consumer that fetches as "
             f"profile does), at the same rate for as long on a fresh topic: p50 "
             f"{percentile(hop, 50):.0f} ms, p99 {percentile(hop, 99):.0f} ms; p99 of each "
-            f"{LATENCY_WINDOW_S:.0f} s: {fmt_ms(run.hop.p99_by_window)}. A touchpoint crosses "
-            "the broker twice on its way to the reader.",
+            f"{LATENCY_WINDOW_S:.0f} s: {fmt_ms(run.hop.p99_by_window)}"
+            + (
+                f"; the broker's CPU in each {LATENCY_WINDOW_S:.0f} s, as a share of one CPU: "
+                f"{fmt_cpus(run.hop.broker_by_window)}"
+                if run.hop.broker_by_window
+                else ""
+            )
+            + ". A touchpoint crosses the broker twice on its way to the reader.",
         ]
     lines += [
         "",
@@ -581,8 +641,9 @@ def render(run: Run, started: datetime, total_s: float) -> str:
         "costs ingest, every small transaction costs profile and PostgreSQL their fixed share "
         "(a commit, a relay round). The local broker is the largest user: it lists a "
         "partition's stored batches on every fetch that finds data, so its cost grows with "
-        "the topic; Apache Kafka finds the offset in an index. When profile falls behind, "
-        "touchpoints queue and the tail grows.",
+        "the topic (its CPU per window above, at a steady rate); Apache Kafka finds the "
+        "offset in an index. When profile falls behind, touchpoints queue and the tail "
+        "grows.",
         "- Measured without the warm-up and `ANALYZE`, on empty tables, the p99 was 0.5 to 1.5 "
         "s and PostgreSQL's CPU 16 to 20 s: the connections' cached generic plans, made "
         "while the tables were empty, scanned whole tables as they grew. Autovacuum's "
