@@ -4,6 +4,7 @@ bookkeeping that keeps every balance equal to the sum of its entries."""
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
@@ -360,6 +361,30 @@ def test_points_expire_first_earned_first_after_a_warning_once() -> None:
     assert account.due(PROGRAM)["expiry"] == datetime(2028, 5, 1, 9, tzinfo=UTC)
     ledger.expire("p-1", datetime(2028, 3, 2, tzinfo=UTC))
     assert len([o for o in ledger.outcomes if isinstance(o, PointsMoved)]) == 4, "nothing more"
+    assert_books_balance(ledger)
+
+
+def test_points_given_back_after_their_expiry_expire_again_under_an_entry_of_their_own() -> None:
+    ledger = run([order("e-1", "300", "o-1")])
+    account = ledger.accounts["p-1"]
+    expiry = account.due(PROGRAM)["expiry"]
+    assert expiry is not None
+    earned = account.lots[0]
+    ledger.redeem("p-1", "r-1", "coffee", 150, expiry - timedelta(days=1))
+    ledger.expire("p-1", expiry)  # the other 150 go
+    assert account.balance == 0
+    # The redemption is cancelled afterwards: its 150 come back with their old expiry, which
+    # has passed, and the next round takes them.
+    taken = [replace(earned, remaining=150)]
+    ledger.cancel_redemption("p-1", "r-1", taken, expiry + timedelta(days=2))
+    assert account.balance == 150
+    ledger.expire("p-1", expiry + timedelta(days=2))
+    expiries = [e for e in ledger.entries if e.kind == "expiry"]
+    assert [e.points for e in expiries] == [-150, -150]
+    assert len({e.entry_id for e in ledger.entries}) == len(ledger.entries), "one id per entry"
+    expired = [o for o in ledger.outcomes if isinstance(o, PointsMoved) and o.kind == "expired"]
+    assert len({o.source_event_id for o in expired}) == 2, "two events, neither a copy"
+    assert account.balance == 0
     assert_books_balance(ledger)
 
 

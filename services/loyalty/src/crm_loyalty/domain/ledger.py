@@ -428,7 +428,11 @@ class Ledger:
             return
         moment = max(lot.expires_at for lot in due if lot.expires_at is not None)
         points = sum(lot.remaining for lot in due)
-        source = f"expiry:{profile_id}:{moment.isoformat()}"
+        # Named by the lots it empties, not only by the time: points given back by a cancelled
+        # redemption come back as new lots with their old expiry, which may be a time an
+        # earlier expiry already used. A lot expires once, so no two expiries share a name.
+        lots = derived_event_id("expiry-lots", ",".join(sorted(lot.entry_id for lot in due)))
+        source = f"expiry:{profile_id}:{moment.isoformat()}:{lots}"
         entry = self._entry(account, source, "expiry", "expiry", -points, Decimal(0), moment)
         for lot in due:
             self._allocate(entry.entry_id, lot.entry_id, lot.remaining)
