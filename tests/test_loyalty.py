@@ -365,6 +365,52 @@ async def test_a_merge_joins_two_accounts_once_and_an_erasure_removes_the_surviv
     }
 
 
+async def test_a_refund_that_came_first_follows_its_profile_into_a_merge(
+    endpoints: Endpoints, topic_prefix: str, loyalty_url: str
+) -> None:
+    """A refund before its order leaves an order row but no account; when that profile is
+    merged away, the order belongs to the survivor, whose later order event then settles it
+    (it used to be retried for ever, stalling the partition)."""
+    guest, member = f"p-guest-{uuid.uuid4().hex[:6]}", f"p-member-{uuid.uuid4().hex[:6]}"
+    service = build(service_settings(LoyaltySettings, endpoints, topic_prefix, loyalty_url))
+    async with running(service):
+        pool = service.app.state.runtime.db
+        await publish(
+            endpoints,
+            topic_prefix,
+            [resolved("web.order_refunded", guest, 1, order_id="o-early", amount=None)],
+        )
+        await wait_until(lambda: handled(pool, 1), what="the early refund")
+        assert await pool.fetchval("SELECT count(*) FROM accounts") == 0
+        await produce(
+            endpoints.bootstrap,
+            PROFILES.full_name(topic_prefix),
+            [(guest.encode(), json.dumps(snapshot(guest, 2, merged_into=member)).encode())],
+        )
+
+        async def moved() -> bool:
+            owner = await pool.fetchval("SELECT profile_id FROM orders WHERE order_id = 'o-early'")
+            return bool(owner == member)
+
+        await wait_until(moved, what="the order to follow the merge")
+        # As an earlier version left such a row: the order still names the merged-away profile.
+        await pool.execute("UPDATE orders SET profile_id = $1 WHERE order_id = 'o-early'", guest)
+        await publish(
+            endpoints,
+            topic_prefix,
+            [
+                resolved("web.order_completed", member, 2, order_id="o-early", revenue=100),
+                resolved("web.order_completed", member, 3, order_id="o-next", revenue=40),
+            ],
+        )
+        await wait_until(lambda: handled(pool, 3), what="both orders after the merge")
+        balances = dict(await pool.fetch("SELECT profile_id, balance FROM accounts"))
+        owners = dict(await pool.fetch("SELECT order_id, profile_id FROM orders"))
+    assert balances == {member: 40}, "the refunded order earned and gave back; the next earned"
+    assert owners == {"o-early": member, "o-next": member}
+    assert await check(loyalty_url) == 0
+
+
 def test_a_bad_program_file_stops_the_start_naming_its_line(tmp_path: Path) -> None:
     program = tmp_path / "program.yaml"
     program.write_text(EXAMPLE_PROGRAM.read_text().replace("threshold: 4000", "threshold: 400"))

@@ -4,6 +4,7 @@ transaction, and emit what changed on `crm.loyalty.v1` through the outbox; keep 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from datetime import datetime
 from typing import Any
 
@@ -192,7 +193,13 @@ def touchpoint_effects(program: Program) -> Any:
                 return []
             order_ids = {e.data.order_id for e in moving if hasattr(e.data, "order_id")}
             named = {e.profileid for e in moving if e.profileid is not None}
-            # A touchpoint of a profile merged away meanwhile counts for the survivor.
+            # An order's account may not be the event's (a refund that came first): lock the
+            # orders, read which accounts they belong to, then lock every account involved.
+            await store.lock_orders(conn, order_ids)
+            orders = await store.load_orders(conn, order_ids)
+            named |= {o.profile_id for o in orders.values()}
+            # A touchpoint, or an order, of a profile merged away meanwhile counts for the
+            # survivor.
             redirected = await store.survivors(conn, named)
             moving = [
                 e.model_copy(update={"profileid": redirected[e.profileid]})
@@ -200,12 +207,13 @@ def touchpoint_effects(program: Program) -> Any:
                 else e
                 for e in moving
             ]
-            # An order's account may not be the event's (a refund that came first): lock the
-            # orders, read which accounts they belong to, then lock every account involved.
-            await store.lock_orders(conn, order_ids)
-            orders = await store.load_orders(conn, order_ids)
+            orders = {
+                order_id: replace(order, profile_id=redirected[order.profile_id])
+                if order.profile_id in redirected
+                else order
+                for order_id, order in orders.items()
+            }
             involved = (named - redirected.keys()) | set(redirected.values())
-            involved |= {o.profile_id for o in orders.values()}
             await store.lock_accounts(conn, involved)
             if await store.survivors(conn, named | involved) != redirected:
                 raise Contended("a profile of this batch was merged while it waited")
@@ -352,6 +360,8 @@ def profile_effects(program: Program) -> Callable[[Runtime], Apply[ProfileSnapsh
             records = segment_records(moves, topic=topic, source=source, at=now)
             accounts = await store.load_accounts(conn, [merged, survivor])
             if merged not in accounts:
+                # No account, but maybe orders: a refund that came before its order.
+                await store.repoint(conn, merged, survivor)
                 return records
             ledger = Ledger(program, accounts, {})
             ledger.merge(merged, survivor, item.id, now)
