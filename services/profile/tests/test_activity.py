@@ -136,3 +136,47 @@ def test_a_number_that_cannot_take_sms_is_undeliverable_until_an_sms_comes_from_
     )
     state, _ = apply_contact_health(state, late_failure)
     assert state["phone:+37060000001"]["deliverable"] is False
+
+
+def test_a_newer_marketing_consent_opens_an_unsubscribed_address_again() -> None:
+    address = "email:ana.petrova@example.org"
+    unsubscribed = event("crm.touchpoint.email.unsubscribed", 10)
+    granted = event("crm.touchpoint.web.consent_granted", 20)
+    older_grant = event("crm.touchpoint.web.consent_granted", 5)
+    surveys = event("crm.touchpoint.web.consent_granted", 30, purpose="surveys")
+    signed_up = event(
+        "crm.touchpoint.web.signed_up",
+        40,
+        consent=[{"purpose": "marketing", "contact_channel": "email", "granted": True}],
+    )
+    closed, _ = apply_contact_health({}, unsubscribed)
+    assert closed[address]["marketing"] is False
+    # In either order, the choice made later stands.
+    for order in ([unsubscribed, granted], [granted, unsubscribed]):
+        state: dict[str, Any] = {}
+        for e in order:
+            state, _ = apply_contact_health(state, e)
+        assert (state[address]["marketing"], state[address]["marketing_reason"]) == (True, None)
+    assert apply_contact_health(closed, older_grant)[0][address]["marketing"] is False
+    assert apply_contact_health(closed, surveys) == (closed, False), "another purpose"
+    reopened, changed = apply_contact_health(closed, signed_up)
+    assert changed
+    assert reopened[address]["marketing"] is True, "a consent given with a sign-up counts too"
+
+
+def test_a_newer_sms_marketing_consent_opens_a_number_after_stop() -> None:
+    number = "phone:+37060000001"
+    stop = event("crm.touchpoint.phone.sms_received", 10, text="STOP")
+    granted = event(
+        "crm.touchpoint.web.consent_granted",
+        20,
+        contact_channel="sms",
+        identities={"phone": "+37060000001"},
+    )
+    by_email = event("crm.touchpoint.web.consent_granted", 30)  # for email: not the number
+    contacts, _ = apply_contact_health({}, stop)
+    assert contacts[number]["marketing"] is False
+    assert apply_contact_health(contacts, by_email)[0][number]["marketing"] is False
+    contacts, changed = apply_contact_health(contacts, granted)
+    assert changed
+    assert contacts[number]["marketing"] is True

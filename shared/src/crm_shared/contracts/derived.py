@@ -72,7 +72,8 @@ class ContactPoint(Contract):
     """An address and whether it may be used: a hard bounce makes an email address
     undeliverable, a complaint or an unsubscribe ends marketing to it; a number that cannot take
     SMS (`phone.sms_failed`, permanent) is undeliverable until an SMS comes from it, and an SMS
-    opt-out keyword (STOP) ends marketing to it (each with the event time and reason)."""
+    opt-out keyword (STOP) ends marketing to it, each with its reason. A later marketing consent
+    for email or SMS naming the address opens marketing to it again (the newer event wins)."""
 
     channel: Literal["email", "phone"]
     address: NonEmptyStr

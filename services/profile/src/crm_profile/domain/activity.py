@@ -2,7 +2,8 @@
 each channel, their orders and revenue, their last contact each way; and the health of each
 email address (a bounce makes it undeliverable, a complaint or an unsubscribe ends marketing to
 it) and phone number (a permanent SMS failure makes it undeliverable until an SMS comes from it,
-an SMS opt-out keyword ends marketing to it). Pure, stored as jsonb; every fact by event time,
+an SMS opt-out keyword ends marketing to it); a newer marketing consent for the address opens it
+again. Pure, stored as jsonb; every fact by event time,
 so a late event never undoes a newer one.
 """
 
@@ -113,22 +114,45 @@ def sms_keyword(event: Any) -> str | None:
 def apply_contact_health(current: Contacts, event: Any) -> tuple[Contacts, bool]:
     """Health of the event's email address or phone number after one touchpoint about it;
     whether it changed. Every email touchpoint, and every SMS from a number, makes its address
-    known as a contact point."""
+    known as a contact point. A marketing consent the person grants for email or SMS opens
+    marketing again on the address or number the event names: the newer choice wins over an
+    older unsubscribe, complaint or opt-out keyword."""
+    about: dict[tuple[str, str], list[Verdict]] = {}
     found = _verdicts(event)
-    if found is None:
-        return current, False
-    channel, address, verdicts = found
-    key = f"{channel}:{address}"
-    entry = dict(
-        current.get(key)
-        or {"channel": channel, "address": address, "deliverable": True, "marketing": True}
-    )
-    before = dict(entry)
-    for flag, value, reason in verdicts:
-        _set(entry, flag, value, event.time, reason)
-    if entry == before and key in current:
-        return current, False
-    return {**current, key: entry}, True
+    if found is not None:
+        channel, address, verdicts = found
+        about[(channel, address)] = list(verdicts)
+    for channel, address in _marketing_granted(event):
+        about.setdefault((channel, address), []).append(("marketing", True, None))
+    result, changed = current, False
+    for (channel, address), verdicts in about.items():
+        key = f"{channel}:{address}"
+        entry = dict(
+            result.get(key)
+            or {"channel": channel, "address": address, "deliverable": True, "marketing": True}
+        )
+        before = dict(entry)
+        for flag, value, reason in verdicts:
+            _set(entry, flag, value, event.time, reason)
+        if entry == before and key in result:
+            continue
+        result, changed = {**result, key: entry}, True
+    return result, changed
+
+
+def _marketing_granted(event: Any) -> list[tuple[str, str]]:
+    """The addresses (channel, address) the event names for which it grants marketing consent
+    by email or SMS: a consent_granted event, or a granted entry of any event's `consent`."""
+    data = event.data
+    granted = [c.contact_channel for c in data.consent if c.granted and c.purpose == "marketing"]
+    if event.action == "consent_granted" and data.purpose == "marketing":
+        granted.append(data.contact_channel)
+    found: list[tuple[str, str]] = []
+    if "email" in granted and data.identities.email is not None:
+        found.append(("email", data.identities.email))
+    if "sms" in granted and data.identities.phone is not None:
+        found.append(("phone", data.identities.phone))
+    return found
 
 
 Verdict = tuple[str, bool, str | None]
