@@ -75,6 +75,19 @@ def test_broken_yaml_names_the_line_where_it_broke() -> None:
     assert refused.line >= 3
 
 
+def test_a_key_written_twice_is_refused_not_silently_replaced() -> None:
+    # A second `web:` would otherwise replace the first's rates: EUR and GBP orders would earn
+    # nothing.
+    text = EXAMPLE.replace("    store: {EUR: 1.5}", "    store: {EUR: 1.5}\n    web: {USD: 1}", 1)
+    refused = refusal(text)
+    assert refused.line == line_of(text, "web: {USD: 1}")
+    assert refused.reason == (
+        f"'web' appears twice in one mapping (first on line {line_of(text, 'web: {EUR')}); "
+        "write it once"
+    )
+    assert "twice" in refusal(EXAMPLE.replace("version: 1\n", "version: 1\nversion: 2\n")).reason
+
+
 def test_a_bonus_cannot_reward_a_purchase_and_tracked_needs_its_event_name() -> None:
     purchase = EXAMPLE.replace("action: survey_answered", "action: order_completed")
     assert "purchases earn by `earn.purchases`" in refusal(purchase).reason

@@ -60,6 +60,10 @@ def parse_yaml_model(
         raise error(name, line, f"not valid YAML: {exc.problem or exc}") from None
     except yaml.YAMLError as exc:
         raise error(name, None, f"not valid YAML: {exc}") from None
+    twin = repeated_key(tree)
+    if twin is not None:
+        line, reason = twin
+        raise error(name, line, reason)
     if not isinstance(content, dict):
         raise error(name, 1, f"the file is {top}")
     try:
@@ -76,6 +80,31 @@ def parse_yaml_model(
         ]
         raise error(name, lines[0], "; ".join(reasons))
     return parsed
+
+
+def repeated_key(node: yaml.Node | None) -> tuple[int, str] | None:
+    """The first key written twice in one mapping, with its second line. YAML loaders keep the
+    last one silently, so a second `web:` would replace the first's rates without a word."""
+    if isinstance(node, yaml.MappingNode):
+        seen: dict[str, int] = {}
+        for key, value in node.value:
+            if isinstance(key, yaml.ScalarNode) and key.tag != "tag:yaml.org,2002:merge":
+                line = key.start_mark.line + 1
+                if key.value in seen:
+                    return line, (
+                        f"{key.value!r} appears twice in one mapping (first on line "
+                        f"{seen[key.value]}); write it once"
+                    )
+                seen[key.value] = line
+            found = repeated_key(value)
+            if found is not None:
+                return found
+    elif isinstance(node, yaml.SequenceNode):
+        for item in node.value:
+            found = repeated_key(item)
+            if found is not None:
+                return found
+    return None
 
 
 def line_of(node: yaml.Node | None, loc: Loc) -> int | None:
