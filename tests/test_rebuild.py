@@ -13,11 +13,11 @@ import pytest
 from crm_profile.app import build as build_profile
 from crm_profile.rebuild import RebuildRefused, rebuild
 from crm_profile.settings import ProfileSettings
-from crm_shared.contracts import TOUCHPOINTS
+from crm_shared.contracts import PROFILES, TOUCHPOINTS
 from crm_shared.contracts.examples import example_event
 from crm_shared.database import create_pool
 from tests.conftest import Databases
-from tests.support import Endpoints, produce, running, service_env, wait_until
+from tests.support import Endpoints, produce, read_topic, running, service_env, wait_until
 
 
 def settings_for(endpoints: Endpoints, prefix: str, url: str) -> ProfileSettings:
@@ -131,3 +131,56 @@ async def test_a_rebuild_from_the_topic_equals_the_live_profiles(
     assert (claimed, outbox) == (len(events), 0), "claims carry over; nothing is re-published"
     with pytest.raises(RebuildRefused, match="already holds profiles"):
         await rebuild(settings_for(endpoints, topic_prefix, rebuilt_url), idle_s=1.0)
+
+
+async def test_a_rebuilt_profile_goes_on_from_its_highest_published_version(
+    endpoints: Endpoints, topic_prefix: str, databases: Databases
+) -> None:
+    """The rebuild applies many records a transaction; a profile the live consumer changed in
+    three transactions would come back at version 1, and downstream, which keeps the highest
+    version it saw, would drop its next snapshots as old."""
+    live_url = await databases.create("live")
+    rebuilt_url = await databases.create("rebuilt")
+    topic, profiles = TOUCHPOINTS.full_name(topic_prefix), PROFILES.full_name(topic_prefix)
+    visits = [
+        event("crm.touchpoint.web.page_viewed", minute, email="cy@x.org") for minute in (1, 2, 3, 4)
+    ]
+    service = build_profile(settings_for(endpoints, topic_prefix, live_url))
+    async with running(service):
+        pool = service.app.state.runtime.db
+        for n, visit in enumerate(visits[:3], 1):
+            await produce(endpoints.bootstrap, topic, [(b"cy@x.org", json.dumps(visit).encode())])
+
+            async def stored(n: int = n) -> bool:
+                return bool(await pool.fetchval("SELECT count(*) FROM touchpoints") == n)
+
+            await wait_until(stored, what=f"touchpoint {n} stored live")
+    assert set((await versions_of(live_url)).values()) == {3}
+
+    report = await rebuild(settings_for(endpoints, topic_prefix, rebuilt_url), idle_s=1.0)
+    assert report.versions_lifted == 1
+    assert set((await versions_of(rebuilt_url)).values()) == {3}, "as published, not 1"
+
+    # The service goes on on the rebuilt database: the next change is published above 3.
+    await produce(endpoints.bootstrap, topic, [(b"cy@x.org", json.dumps(visits[3]).encode())])
+    service = build_profile(settings_for(endpoints, topic_prefix, rebuilt_url))
+    async with running(service):
+        pool = service.app.state.runtime.db
+        await wait_until(
+            lambda: pool.fetchval("SELECT count(*) = 4 FROM touchpoints"), what="the fourth visit"
+        )
+    snapshots = [
+        json.loads(r.value)["data"]
+        for r in await read_topic(endpoints.bootstrap, profiles, at_least=4)
+        if r.value is not None
+    ]
+    assert [s["version"] for s in snapshots] == [1, 2, 3, 4]
+    assert snapshots[-1]["last_event_id"] == visits[3]["id"]
+
+
+async def versions_of(url: str) -> dict[str, int]:
+    conn = await asyncpg.connect(url)
+    try:
+        return dict(await conn.fetch("SELECT profile_id, version FROM profiles"))
+    finally:
+        await conn.close()

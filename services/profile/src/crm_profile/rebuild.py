@@ -9,6 +9,13 @@ the rebuilt database without handling anything twice. Nothing is published: the 
 already did. Records the live consumer dead-letters (not valid touchpoints, identifier kinds
 not in CRM_IDENTIFIER_KINDS) are skipped and counted.
 
+A profile's version rises once per transaction that changed it, and the rebuild's transactions
+are larger than the live consumer's, so it would count lower. Downstream services keep a
+profile's highest version and take a snapshot's id from its version: a rebuilt profile's next
+snapshots would be dropped there as old or as copies. So the rebuild finally reads
+`crm.profiles.v1` and lifts each profile's version to the highest one published for it; the
+next change is then published above anything downstream has seen.
+
 The topic must still hold every touchpoint: its retention (retention.ms, retention.bytes) has
 to be unlimited, or at least longer than the history profiles should keep. It then also holds
 the touchpoints of people erased since: pass `--erasures-from` the live database, and records
@@ -24,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -40,7 +48,7 @@ from crm_profile.handlers import Arrival, decode_arrival, touchpoint_effects
 from crm_profile.settings import ProfileSettings
 from crm_profile.store import erasure_log
 from crm_shared.consumer import Contended, Received, Undecodable, claim
-from crm_shared.contracts import TOUCHPOINTS
+from crm_shared.contracts import PROFILES, TOUCHPOINTS, Topic
 from crm_shared.database import apply_migrations, create_pool
 from crm_shared.kafka import create_producer
 from crm_shared.logging import configure_logging, get_logger
@@ -64,6 +72,8 @@ class Report:
     skipped: int = 0
     forgotten: int = 0
     """Records of erased people, dated or written before their erasure."""
+    versions_lifted: int = 0
+    """Rebuilt profiles whose version was raised to the highest published on crm.profiles.v1."""
 
 
 async def rebuild(
@@ -111,7 +121,7 @@ async def rebuild(
             report.duplicates += len(pending) - len(fresh)
             pending.clear()
 
-        async for record in _every_record(settings, idle_s=idle_s):
+        async for record in _every_record(settings, TOUCHPOINTS, idle_s=idle_s):
             report.records += 1
             try:
                 received = decode(record)  # what the live consumer would read
@@ -126,15 +136,40 @@ async def rebuild(
                 await flush()
         if pending:
             await flush()
+        published = await published_versions(settings, idle_s=idle_s)
+        async with pool.acquire() as conn:
+            lifted = await conn.fetch(
+                "UPDATE profiles AS p SET version = v.version "
+                "FROM unnest($1::text[], $2::bigint[]) AS v(id, version) "
+                "WHERE p.profile_id = v.id AND p.version < v.version RETURNING p.profile_id",
+                list(published),
+                list(published.values()),
+            )
+        report.versions_lifted = len(lifted)
         return report
     finally:
         await pool.close()
 
 
-async def _every_record(settings: ProfileSettings, *, idle_s: float) -> Any:
+async def published_versions(settings: ProfileSettings, *, idle_s: float) -> dict[str, int]:
+    """The highest version of each profile's snapshots on crm.profiles.v1."""
+    versions: dict[str, int] = {}
+    async for record in _every_record(settings, PROFILES, idle_s=idle_s):
+        if record.key is None or record.value is None:
+            continue  # a tombstone: the profile was erased, and its id is not used again
+        try:
+            version = int(json.loads(record.value)["data"]["version"])
+        except (ValueError, KeyError, TypeError):
+            continue  # not a snapshot this version can read; it raises nothing
+        profile_id = record.key.decode()
+        versions[profile_id] = max(version, versions.get(profile_id, 0))
+    return versions
+
+
+async def _every_record(settings: ProfileSettings, topic_spec: Topic, *, idle_s: float) -> Any:
     """Every record of the topic, from the beginning, until a fetch past the end offsets taken
     at the start comes back empty for `idle_s` (some brokers report end offsets short)."""
-    topic = TOUCHPOINTS.full_name(settings.topic_prefix)
+    topic = topic_spec.full_name(settings.topic_prefix)
     consumer = AIOKafkaConsumer(
         bootstrap_servers=settings.kafka_bootstrap,
         enable_auto_commit=False,
@@ -201,7 +236,8 @@ def main(argv: Sequence[str]) -> int:
     print(
         f"rebuilt from {report.records} records in {took:.0f} s: {report.applied} applied, "
         f"{report.duplicates} duplicates, {report.skipped} not valid touchpoints (skipped), "
-        f"{report.forgotten} of erased people (left out)"
+        f"{report.forgotten} of erased people (left out); {report.versions_lifted} versions "
+        "lifted to the highest published"
     )
     return 0
 
