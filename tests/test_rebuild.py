@@ -181,6 +181,7 @@ async def test_a_rebuilt_profile_goes_on_from_its_highest_published_version(
 async def versions_of(url: str) -> dict[str, int]:
     conn = await asyncpg.connect(url)
     try:
-        return dict(await conn.fetch("SELECT profile_id, version FROM profiles"))
+        rows = await conn.fetch("SELECT profile_id, version FROM profiles")
+        return {r["profile_id"]: r["version"] for r in rows}
     finally:
         await conn.close()
