@@ -143,6 +143,17 @@ async def test_an_event_linking_two_profiles_merges_them_audited_redirected_and_
                 f"/v1/profiles/{survivor}/timeline", params={"cursor": "nope"}, headers=ADMIN
             )
             history = await http.get(f"/v1/profiles/{survivor}/identity", headers=ADMIN)
+            bad_filters = [
+                await http.get(
+                    f"/v1/profiles/{survivor}/timeline", params={name: value}, headers=ADMIN
+                )
+                for name, value in (("channel", "Web"), ("type", "crm.touchpoint.web.page_view"))
+            ]
+            two_emails = await http.get(
+                "/v1/profiles",
+                params={"email": "ana@x.org", "kind": "email", "value": "bo@x.org"},
+                headers=ADMIN,
+            )
 
     # Every touchpoint of the person now sits on one profile: one timeline.
     assert {rows[e["id"]] for e in (web, call, signup, purchase)} == {survivor}
@@ -179,6 +190,15 @@ async def test_an_event_linking_two_profiles_merges_them_audited_redirected_and_
     assert old_timeline.headers["location"].endswith(f"/v1/profiles/{survivor}/timeline?limit=3")
     assert bad_cursor.status_code == 422
     assert "cursor" in bad_cursor.text
+    # A filter that can match nothing is a mistake, named, not an empty page.
+    assert [r.status_code for r in bad_filters] == [422, 422]
+    assert [[e["field"] for e in r.json()["errors"]] for r in bad_filters] == [
+        ["query.channel"],
+        ["query.type"],
+    ]
+    assert "is not a touchpoint type" in bad_filters[1].json()["errors"][0]["reason"]
+    assert two_emails.status_code == 400
+    assert "not both" in two_emails.json()["detail"]
     assert [(m["merged"], m["linked_by"]) for m in history.json()["merges"]] == [(merged, "email")]
     assert [c["rule"] for c in history.json()["conflicts"]] == ["unique:customer_id"]
     # The person's activity adds up both merged profiles' touchpoints (the retry counted once).

@@ -29,12 +29,15 @@ from crm_shared.contracts import (
     Identities,
     Membership,
 )
+from crm_shared.contracts.touchpoints import Channel, touchpoint_types
 from crm_shared.kafka import OutgoingRecord
 from crm_shared.logging import get_logger
 from crm_shared.outbox import write_outbox
 from crm_shared.service import runtime_of
 
 log = get_logger(__name__)
+
+TOUCHPOINT_TYPES = frozenset(touchpoint_types())
 
 ERASE_TRIES = 5
 
@@ -155,6 +158,8 @@ async def lookup(
         raise HTTPException(400, "give `kind` and `value` together")
     if kind is not None:
         configured = runtime_of(request).settings.identifier_kinds
+        if kind in given:
+            raise HTTPException(400, f"give `{kind}` or `kind` and `value`, not both")
         if kind in IDENTIFIER_STRENGTH:
             given[kind] = value
         elif kind in configured:
@@ -288,7 +293,10 @@ TIMELINE_EXAMPLE = {
     responses={
         200: {"content": {"application/json": {"example": TIMELINE_EXAMPLE}}},
         **ONE_PROFILE,
-        422: {"description": "a parameter is not valid (e.g. a cursor this API did not give)"},
+        422: {
+            "description": "a parameter is not valid (a cursor this API did not give, a "
+            "channel or touchpoint type that does not exist)"
+        },
     },
 )
 async def profile_timeline(
@@ -296,9 +304,20 @@ async def profile_timeline(
     profile_id: str,
     cursor: Annotated[str | None, Query(description="from a previous page")] = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
-    channel: Annotated[str | None, Query(examples=["web"])] = None,
+    channel: Annotated[Channel | None, Query(examples=["web"])] = None,
     type: Annotated[str | None, Query(examples=["crm.touchpoint.web.page_viewed"])] = None,
 ) -> Any:
+    if type is not None and type not in TOUCHPOINT_TYPES:
+        raise RequestValidationError(
+            [
+                {
+                    "type": "value_error",
+                    "loc": ("query", "type"),
+                    "msg": f"{type!r} is not a touchpoint type, such as "
+                    "'crm.touchpoint.web.page_viewed'",
+                }
+            ]
+        )
     after = _after(cursor)
     found = await _live(request, profile_id, "/timeline")
     if isinstance(found, JSONResponse):
