@@ -281,6 +281,48 @@ def snapshot(profile: str, version: int, merged_into: str | None = None) -> dict
     return profile_snapshot(data, source="crm-profile", time=moment).model_dump(mode="json")
 
 
+async def test_a_refund_after_its_orders_points_expired_does_not_take_them_again(
+    endpoints: Endpoints, topic_prefix: str, loyalty_url: str
+) -> None:
+    clock = ManualClock(datetime(2026, 11, 24, tzinfo=UTC))
+    settings = service_settings(
+        LoyaltySettings, endpoints, topic_prefix, loyalty_url, timer_poll_interval_s=0.05
+    )
+    service = build(settings, clock=clock)
+    ana = f"p-ana-{uuid.uuid4().hex[:6]}"
+    later = resolved("web.order_completed", ana, 2, order_id="o-2", revenue=200, currency="EUR")
+    later["time"] = "2027-06-01T10:00:00Z"  # expires a year and a half after the first
+    async with running(service):
+        pool = service.app.state.runtime.db
+        await publish(
+            endpoints,
+            topic_prefix,
+            [
+                resolved(
+                    "web.order_completed", ana, 1, order_id="o-1", revenue=300, currency="EUR"
+                ),
+                later,
+            ],
+        )
+        await wait_until(lambda: handled(pool, 2), what="both orders")
+        clock.set(datetime(2028, 11, 21, tzinfo=UTC))  # o-1's 300 expired on 2028-11-20
+
+        async def expired() -> bool:
+            return bool(await pool.fetchval("SELECT balance = 200 FROM accounts"))
+
+        await wait_until(expired, what="the first order's points to expire")
+        await publish(
+            endpoints,
+            topic_prefix,
+            [resolved("web.order_refunded", ana, 3, order_id="o-1", amount=None)],
+        )
+        await wait_until(lambda: handled(pool, 3), what="the refund")
+        balance = await pool.fetchval("SELECT balance FROM accounts")
+        reversed_ = await pool.fetchval("SELECT reversed_points FROM orders WHERE order_id = 'o-1'")
+    assert (balance, reversed_) == (200, 0), "the expired points were not taken a second time"
+    assert await check(loyalty_url) == 0
+
+
 async def test_a_merge_joins_two_accounts_once_and_an_erasure_removes_the_survivor(
     endpoints: Endpoints, topic_prefix: str, loyalty_url: str
 ) -> None:

@@ -388,6 +388,25 @@ def test_points_given_back_after_their_expiry_expire_again_under_an_entry_of_the
     assert_books_balance(ledger)
 
 
+def test_a_refund_after_the_orders_points_expired_takes_only_what_did_not_expire() -> None:
+    ledger = run(
+        [order("e-1", "300", "o-1"), order("e-2", "200", "o-2", time="2026-05-01T09:00:00Z")]
+    )
+    account = ledger.accounts["p-1"]
+    ledger.redeem("p-1", "r-1", "coffee", 100, START)  # from o-1's lot: 200 of it left
+    ledger.expire("p-1", datetime(2028, 3, 1, 9, tzinfo=UTC))  # o-1's 200 go
+    assert account.balance == 200
+    ledger.apply(refund("e-3", "o-1", None, time="2028-03-02T09:00:00Z"))
+    # Of o-1's 300: 200 expired (gone already), 100 were spent (a debt o-2's lot pays).
+    reversed_ = [o for o in ledger.outcomes if isinstance(o, PointsMoved) and o.kind == "reversed"]
+    assert [r.points for r in reversed_] == [-100]
+    assert account.balance == 100
+    assert ledger.orders["o-1"].reversed_points == 100
+    ledger.apply(refund("e-4", "o-1", None, time="2028-03-03T09:00:00Z"))  # a second refund
+    assert account.balance == 100, "nothing more to take back"
+    assert_books_balance(ledger)
+
+
 def test_a_tier_falls_only_at_a_review_after_the_grace_period() -> None:
     ledger = run([order("e-1", "1200", "o-1")])  # silver, reviewed every 3 months, 3 months grace
     account = ledger.accounts["p-1"]

@@ -50,10 +50,25 @@ ORDER_COLUMNS = (
 
 
 async def load_orders(conn: DbConnection, order_ids: Iterable[str]) -> dict[str, Order]:
+    """The orders with, for those that earned, how many of their points expired since (from
+    the expiry entries' allocations to the order's lots)."""
     rows = await conn.fetch(
         "SELECT * FROM orders WHERE order_id = ANY($1::text[])", sorted(set(order_ids))
     )
-    return {r["order_id"]: Order(**{k: r[k] for k in ORDER_COLUMNS}) for r in rows}
+    orders = {r["order_id"]: Order(**{k: r[k] for k in ORDER_COLUMNS}) for r in rows}
+    earned = [o for o in orders.values() if o.earned_points > 0]
+    if earned:
+        for r in await conn.fetch(
+            "SELECT c.order_id, sum(a.points)::bigint AS expired FROM ledger AS c "
+            "JOIN allocations AS a ON a.credit_id = c.entry_id "
+            "JOIN ledger AS d ON d.entry_id = a.debit_id AND d.kind = 'expiry' "
+            "WHERE c.profile_id = ANY($1::text[]) AND c.order_id = ANY($2::text[]) "
+            "GROUP BY c.order_id",
+            sorted({o.profile_id for o in earned}),
+            [o.order_id for o in earned],
+        ):
+            orders[r["order_id"]].expired_points = r["expired"]
+    return orders
 
 
 async def load_accounts(conn: DbConnection, profile_ids: Iterable[str]) -> dict[str, Account]:

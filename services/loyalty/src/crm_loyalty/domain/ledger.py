@@ -106,6 +106,9 @@ class Order:
     reversed_qualifying: Decimal = Decimal(0)
     last_refund_event_id: str | None = None
     currency: str | None = None
+    expired_points: int = 0
+    """Of what the order earned, the points that expired (derived from the ledger when loaded,
+    not stored): a refund does not take them a second time."""
 
 
 @dataclass(frozen=True)
@@ -436,6 +439,8 @@ class Ledger:
         entry = self._entry(account, source, "expiry", "expiry", -points, Decimal(0), moment)
         for lot in due:
             self._allocate(entry.entry_id, lot.entry_id, lot.remaining)
+            if lot.order_id is not None and lot.order_id in self.orders:
+                self.orders[lot.order_id].expired_points += lot.remaining
             lot.remaining = 0
             self.changed_lots[lot.entry_id] = lot
         account.lots = [lot for lot in account.lots if lot.remaining > 0]
@@ -643,6 +648,9 @@ class Ledger:
                 if whole_units
                 else qualifying.quantize(QUANTUM, ROUND_DOWN)
             )
+        # Points of the order that expired are gone already: taking them again would cost the
+        # customer twice. What was spent is another matter: that becomes a debt.
+        points = min(points, order.earned_points - order.expired_points)
         points_back = points - order.reversed_points
         qualifying_back = qualifying - order.reversed_qualifying
         if points_back <= 0 and qualifying_back <= 0:
