@@ -374,6 +374,17 @@ async def test_a_merge_joins_two_accounts_once_and_an_erasure_removes_the_surviv
             return bool(await pool.fetchval("SELECT count(*) = 0 FROM ledger"))
 
         await wait_until(erased, what="the erasure")
+        # Late touchpoints of the erased profile and of the one merged into it (this consumer
+        # lagging behind profile's tombstone) open nothing again.
+        await publish(
+            endpoints,
+            topic_prefix,
+            [
+                resolved("web.order_completed", silver, 4, order_id="s-late", revenue=70),
+                resolved("web.order_completed", gold, 5, order_id="g-late", revenue=90),
+            ],
+        )
+        await wait_until(lambda: handled(pool, 5), what="the late orders")
         left = {
             table: await pool.fetchval(f"SELECT count(*) FROM {table}")
             for table in ("accounts", "lots", "orders", "qualifying_months", "allocations")

@@ -217,6 +217,17 @@ def touchpoint_effects(program: Program) -> Any:
             await store.lock_accounts(conn, involved)
             if await store.survivors(conn, named | involved) != redirected:
                 raise Contended("a profile of this batch was merged while it waited")
+            # Read under the account locks, which erasure takes too: it committed or waits.
+            erased = await store.erased_among(conn, involved)
+            if erased:
+                for event in moving:
+                    if event.profileid in erased:
+                        log.info(
+                            "touchpoint of an erased profile left out",
+                            event_id=event.id,
+                            profile_id=event.profileid,
+                        )
+                moving = [e for e in moving if e.profileid not in erased]
             ledger = Ledger(program, await store.load_accounts(conn, involved), orders)
             for event in moving:
                 ledger.apply(event)

@@ -526,12 +526,29 @@ async def erase_account(conn: DbConnection, profile_id: str) -> bool:
             profile_id,
         )
         existed = existed or bool(deleted)
+    # The profile and those merged into it are gone for good: their late touchpoints are left
+    # out (`erased_among`).
+    await conn.execute(
+        "INSERT INTO erased_profiles (profile_id) "
+        "SELECT $1 UNION SELECT merged_profile_id FROM account_merges WHERE survivor = $1 "
+        "ON CONFLICT (profile_id) DO NOTHING",
+        profile_id,
+    )
     await conn.execute(
         "DELETE FROM account_merges WHERE merged_profile_id = $1 OR survivor = $1", profile_id
     )
     for kind in TIMER_KINDS:
         await schedule(conn, kind, [(profile_id, None)])
     return bool(existed)
+
+
+async def erased_among(conn: DbConnection, profile_ids: Iterable[str]) -> set[str]:
+    """Which of the profiles were erased (or merged into one that was)."""
+    rows = await conn.fetch(
+        "SELECT profile_id FROM erased_profiles WHERE profile_id = ANY($1::text[])",
+        sorted(set(profile_ids)),
+    )
+    return {r["profile_id"] for r in rows}
 
 
 # --- value segments -----------------------------------------------------------------------------
