@@ -465,6 +465,10 @@ def test_a_merge_joins_two_accounts_keeps_the_higher_tier_and_pays_debts_from_lo
     assert [(j.merged_profile_id, j.points, j.balance, j.from_tier, j.tier) for j in joined] == [
         ("p-2", -300, 1100, "silver", "silver")
     ]
+    merge_moves = [
+        o for o in ledger.outcomes if isinstance(o, TierMoved) and o.source_event_id == "snapshot-1"
+    ]
+    assert merge_moves == [], "no tier the person had not held already"
 
 
 def test_a_merge_can_lift_the_survivor_with_the_combined_qualifying_total() -> None:
@@ -478,6 +482,12 @@ def test_a_merge_can_lift_the_survivor_with_the_combined_qualifying_total() -> N
     ledger.merge("p-2", "p-1", "snapshot-1", START)
     assert ledger.accounts["p-1"].tier == "silver", "1,300 together"
     assert ledger.accounts["p-1"].review_at is not None
+    moved = [o for o in ledger.outcomes if isinstance(o, TierMoved)]
+    assert [(m.profile_id, m.from_tier, m.to_tier, m.direction) for m in moved] == [
+        ("p-1", "member", "silver", "up")
+    ], "a tier neither account held: announced"
+    assert moved[0].source_event_id == "snapshot-1"
+    assert "of the merged accounts" in moved[0].reason
     assert_books_balance_except(ledger, {"p-2"})
 
 

@@ -405,10 +405,27 @@ class Ledger:
             target.below_since = source.below_since
         reviews = [at for at in (target.review_at, source.review_at) if at is not None]
         target.review_at = min(reviews) if reviews and program.rank(target.tier) > 0 else None
-        reached = program.tier_for(target.qualifying_over(program.tiers.window_months, at))
+        total = target.qualifying_over(program.tiers.window_months, at)
+        reached = program.tier_for(total)
         if program.rank(reached.name) > program.rank(target.tier):
+            # Above what either account held: a real upgrade for the person, announced as one
+            # (taking over the other account's higher tier is not: they held it already).
+            held = target.tier
             target.tier, target.tier_since, target.below_since = reached.name, at, None
             self._schedule_review(target, at)
+            self.outcomes.append(
+                TierMoved(
+                    survivor_id,
+                    source_event_id,
+                    held,
+                    reached.name,
+                    "up",
+                    f"{total.normalize():f} qualifying {program.tiers.qualify_on} of the merged "
+                    f"accounts in {program.tiers.window_months} months reached {reached.name}'s "
+                    f"{reached.threshold.normalize():f}",
+                    at,
+                )
+            )
         self.outcomes.append(
             AccountsJoined(
                 survivor_id,
