@@ -325,6 +325,52 @@ def test_the_graph_in_postgresql_matches_the_model_over_random_sequences(
 
 
 # --- two real consumer processes racing on linking events ------------------------------------
+async def test_a_profile_merged_two_steps_back_publishes_that_it_now_points_at_the_survivor(
+    endpoints: Endpoints, topic_prefix: str, databases: Databases
+) -> None:
+    """Downstream follows one step of `merged_into` (notify files a merged profile's pending
+    messages under the survivor): when the profile M was merged into is merged away in turn,
+    M's last snapshot must name the new survivor, not the profile that no longer lives."""
+    url = await databases.create("chain")
+    topic = TOUCHPOINTS.full_name(topic_prefix)
+    events = [
+        at_minute(touchpoint("crm.touchpoint.store.purchase", customer_id="c-s"), 1),
+        at_minute(touchpoint("crm.touchpoint.web.signed_up", email="l@x.org"), 2),
+        at_minute(touchpoint("crm.touchpoint.web.page_viewed", anonymous_id="a-m"), 3),
+        # M (a-m) into L (l@x.org), the older; then L into S (c-s), the oldest.
+        at_minute(
+            touchpoint("crm.touchpoint.web.page_viewed", anonymous_id="a-m", email="l@x.org"), 4
+        ),
+        at_minute(
+            touchpoint("crm.touchpoint.store.purchase", customer_id="c-s", email="l@x.org"), 5
+        ),
+    ]
+    service = build_profile(profile_settings(endpoints, topic_prefix, url))
+    async with running(service):
+        pool = service.app.state.runtime.db
+        await deliver_one_by_one(endpoints.bootstrap, topic, pool, events)
+        owner = {
+            r["event_id"]: r["profile_id"]
+            for r in await pool.fetch("SELECT event_id, profile_id FROM touchpoints")
+        }
+        stored = dict(
+            await pool.fetch("SELECT profile_id, merged_into FROM profiles ORDER BY profile_id")
+        )
+    s_id = owner[events[0]["id"]]
+    snapshots = values_of(
+        await read_topic(endpoints.bootstrap, PROFILES.full_name(topic_prefix), at_least=7)
+    )
+    last = {s["data"]["profile_id"]: s["data"] for s in snapshots}
+    merged_away = {p for p, into in stored.items() if into is not None}
+    assert len(merged_away) == 2
+    assert set(stored.values()) == {None, s_id}, "chains stay one step long in the database"
+    assert {p: last[p]["merged_into"] for p in merged_away} == dict.fromkeys(merged_away, s_id)
+    assert {p: last[p]["version"] for p in merged_away} == {
+        p: max(s["data"]["version"] for s in snapshots if s["data"]["profile_id"] == p)
+        for p in merged_away
+    }
+
+
 async def test_two_profile_processes_racing_on_linking_events_keep_the_graph_consistent(
     endpoints: Endpoints, topic_prefix: str, databases: Databases, tmp_path: Path
 ) -> None:

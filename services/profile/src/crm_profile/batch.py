@@ -12,8 +12,8 @@ the batch changed, with its version raised once and every change named.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any
 
@@ -316,6 +316,20 @@ class BatchResolution:
 
     def _final(self, profile_id: str) -> str:
         return self._drafts[profile_id].merged_into or profile_id
+
+    def follow(self, chained: Sequence[ProfileRow], writes: Writes) -> Writes:
+        """`writes` with the stored profiles merged before into one the batch merged away
+        (`chained`): they now point at its survivor, and each publishes a snapshot saying so,
+        so that downstream, which follows one step of `merged_into`, finds the survivor."""
+        followers = []
+        for row in chained:
+            if row.profile_id in self._drafts:
+                continue
+            draft = Draft.of(row)
+            draft.merged_into = writes.moved[row.merged_into or ""]
+            draft.changes.add("merged")
+            followers.append(draft)
+        return replace(writes, changed=[*writes.changed, *followers])
 
     def writes(self) -> Writes:
         changed = [self._drafts[pid] for pid in self._touched]

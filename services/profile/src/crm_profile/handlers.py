@@ -97,6 +97,8 @@ def touchpoint_effects(runtime: Runtime) -> ApplyBatch[Arrival]:
         for event in events:
             batch.apply(event, publish_resolved)
         writes = batch.writes()
+        if writes.moved:
+            writes = batch.follow(await store.merged_into_any(conn, writes.moved), writes)
         await store.save_batch(conn, writes, now)
         for survivor, merged in batch.merged:
             log.info("profiles merged", survivor=survivor, merged=merged)

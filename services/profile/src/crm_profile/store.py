@@ -81,6 +81,15 @@ async def lock_owners(conn: DbConnection, profile_ids: Iterable[str]) -> dict[st
     return {r["profile_id"]: _row(r, held[r["profile_id"]]) for r in rows}
 
 
+async def merged_into_any(conn: DbConnection, profile_ids: Iterable[str]) -> list[ProfileRow]:
+    """The profiles merged into any of `profile_ids` before (they hold no identifiers)."""
+    rows = await conn.fetch(
+        "SELECT * FROM profiles WHERE merged_into = ANY($1::text[]) ORDER BY profile_id",
+        sorted(set(profile_ids)),
+    )
+    return [_row(r, []) for r in rows]
+
+
 async def save_batch(conn: DbConnection, writes: Writes, at: datetime) -> None:
     """Store what a batch of touchpoints did, a statement per table whatever the batch size.
     The caller holds the locks `lock_identifiers` and `lock_owners` took."""
