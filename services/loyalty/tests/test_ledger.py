@@ -154,6 +154,21 @@ def test_the_tier_rises_the_moment_the_threshold_is_crossed_and_multiplies_later
     assert ledger.entries[-1].qualifying == 100
 
 
+def test_a_purchase_that_comes_late_lifts_the_tier_by_the_window_as_it_stands_now() -> None:
+    now = datetime(2026, 3, 3, 12, tzinfo=UTC)
+    web = order("e-1", "900", "o-1", time="2026-03-02T09:00:00Z")
+    # A store's upload of a purchase on 28 February, a few days late: 150 qualifying points.
+    store = event(
+        "store.purchase", "e-2", time="2026-02-28T18:00:00Z", revenue="100", order_id="r-1"
+    )
+    ledger = run([web, store], ledger=Ledger(PROGRAM, {}, {}, now))
+    assert ledger.accounts["p-1"].tier == "silver", "1,050 in the window ending this month"
+    moved = [o for o in ledger.outcomes if isinstance(o, TierMoved)]
+    assert [(m.from_tier, m.to_tier, m.time) for m in moved] == [("member", "silver", now)]
+    # Measured at the purchase's own month only, February's 150 stay below 1,000.
+    assert run([web, store]).accounts["p-1"].tier == "member"
+
+
 def test_one_big_order_can_lift_past_several_tiers() -> None:
     ledger = run([order("e-1", "12000", "o-1")])
     moves = [o for o in ledger.outcomes if isinstance(o, TierMoved)]

@@ -228,11 +228,11 @@ def touchpoint_effects(program: Program) -> Any:
                             profile_id=event.profileid,
                         )
                 moving = [e for e in moving if e.profileid not in erased]
-            ledger = Ledger(program, await store.load_accounts(conn, involved), orders)
+            now = runtime.clock.now()
+            ledger = Ledger(program, await store.load_accounts(conn, involved), orders, now)
             for event in moving:
                 ledger.apply(event)
             await store.save(conn, ledger)
-            now = runtime.clock.now()
             hits = [
                 (rule, event.profileid, event.time)
                 for event in moving

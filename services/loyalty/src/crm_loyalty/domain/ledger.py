@@ -237,11 +237,18 @@ class Ledger:
     """Applies events to the accounts and orders a batch loaded; remembers what changed."""
 
     def __init__(
-        self, program: Program, accounts: dict[str, Account], orders: dict[str, Order]
+        self,
+        program: Program,
+        accounts: dict[str, Account],
+        orders: dict[str, Order],
+        now: datetime | None = None,
     ) -> None:
         self.program = program
         self.accounts = accounts
         self.orders = orders
+        self.now = now
+        """The clock when the batch runs: an event that comes late (a store's upload, days
+        after the purchase) counts in the window as it stands now as well as in its own."""
         self.entries: list[Entry] = []
         self.allocations: dict[tuple[str, str], int] = {}
         self.outcomes: list[Outcome] = []
@@ -705,6 +712,14 @@ class Ledger:
         tiers = self.program.tiers
         total = account.qualifying_over(tiers.window_months, at)
         reached = self.program.tier_for(total)
+        if self.now is not None and month_of(self.now) > month_of(at):
+            # A late event: the months since it counted may lift the account where the
+            # window ending at the event's month did not.
+            total_now = account.qualifying_over(tiers.window_months, self.now)
+            if self.program.rank(self.program.tier_for(total_now).name) > self.program.rank(
+                reached.name
+            ):
+                total, reached, at = total_now, self.program.tier_for(total_now), self.now
         if self.program.rank(reached.name) <= self.program.rank(account.tier):
             return
         self.outcomes.append(
