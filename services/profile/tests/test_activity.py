@@ -180,3 +180,21 @@ def test_a_newer_sms_marketing_consent_opens_a_number_after_stop() -> None:
     contacts, changed = apply_contact_health(contacts, granted)
     assert changed
     assert contacts[number]["marketing"] is True
+
+
+def test_two_verdicts_of_the_same_time_give_one_answer_in_either_order() -> None:
+    address = "email:ana.petrova@example.org"
+    bounced = event("crm.touchpoint.email.bounced", 10, bounce_type="hard")
+    delivered = event("crm.touchpoint.email.delivered", 10)
+    results = []
+    for order in ([bounced, delivered], [delivered, bounced]):
+        state: dict[str, Any] = {}
+        for e in order:
+            state, _ = apply_contact_health(state, e)
+        results.append(state[address]["deliverable"])
+    assert results == [False, False], "the verdict that closes the address wins a tie"
+    # And two profiles that merge, each with one of them, agree as well.
+    one, _ = apply_contact_health({}, bounced)
+    other, _ = apply_contact_health({}, delivered)
+    assert merge_contacts(one, other)[address]["deliverable"] is False
+    assert merge_contacts(other, one)[address]["deliverable"] is False

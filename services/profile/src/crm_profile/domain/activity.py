@@ -194,13 +194,25 @@ def _verdicts(event: Any) -> tuple[str, str, list[Verdict]] | None:
 
 
 def _set(entry: dict[str, Any], flag: str, value: bool, at: datetime, reason: str | None) -> None:
-    """Set a health flag unless a newer event already decided it."""
+    """Set a health flag unless a newer event already decided it (between two of the same time,
+    `_verdict_rank` decides, so the order they came in does not)."""
     decided = entry.get(f"{flag}_time")
-    if decided is not None and datetime.fromisoformat(decided) > at:
-        return
+    if decided is not None:
+        decided_at = datetime.fromisoformat(decided)
+        if decided_at > at:
+            return
+        ours = _verdict_rank(entry[flag], entry.get(f"{flag}_reason"))
+        if decided_at == at and _verdict_rank(value, reason) < ours:
+            return
     entry[flag] = value
     entry[f"{flag}_time"] = at.isoformat()
     entry[f"{flag}_reason"] = reason
+
+
+def _verdict_rank(value: bool, reason: str | None) -> tuple[bool, str]:
+    """Between two verdicts of the same time, the one that closes the address wins (then the
+    reason, for a total order)."""
+    return (not value, reason or "")
 
 
 def merge_contacts(survivor: Contacts, merged: Contacts) -> Contacts:
@@ -216,7 +228,16 @@ def merge_contacts(survivor: Contacts, merged: Contacts) -> Contacts:
             their_time, our_time = theirs.get(f"{flag}_time"), ours.get(f"{flag}_time")
             if their_time is None:
                 continue
-            if our_time is None or _moment(their_time) > _moment(our_time):
+            theirs_rank = (
+                _moment(their_time),
+                _verdict_rank(theirs[flag], theirs.get(f"{flag}_reason")),
+            )
+            ours_rank = (
+                (_moment(our_time), _verdict_rank(ours[flag], ours.get(f"{flag}_reason")))
+                if our_time is not None
+                else None
+            )
+            if ours_rank is None or theirs_rank > ours_rank:
                 combined[flag] = theirs[flag]
                 combined[f"{flag}_time"] = their_time
                 combined[f"{flag}_reason"] = theirs.get(f"{flag}_reason")

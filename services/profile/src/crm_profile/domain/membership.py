@@ -9,6 +9,8 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
+from crm_profile.domain.state import precedence
+
 Memberships = dict[str, dict[str, Any]]
 
 _SHOWN = ("member", "member_id", "since", "ended_at")
@@ -42,6 +44,8 @@ def apply_membership(current: Memberships, event: Any) -> tuple[Memberships, boo
     entry["member_id"] = data.member_id or (existing or {}).get("member_id")
     entry["time"] = at.isoformat()
     entry["source_event_id"] = event.id
+    if existing is not None and precedence(existing) > precedence(entry):
+        return current, False  # an event of the same time that sorts higher decided already
     changed = existing is None or any(existing.get(k) != entry[k] for k in _SHOWN)
     return {**current, data.program: entry}, changed
 
@@ -55,7 +59,7 @@ def merge_memberships(survivor: Memberships, merged: Memberships) -> Memberships
         if ours is None:
             result[program] = theirs
             continue
-        later = theirs if _time(theirs) > _time(ours) else ours
+        later = theirs if precedence(theirs) > precedence(ours) else ours
         earlier = ours if later is theirs else theirs
         combined = dict(later)
         if later["member"] and earlier["member"] and earlier["since"] and later["since"]:

@@ -1,8 +1,10 @@
 """Traits and consents, last writer wins by event time: a late event never overwrites a newer
-fact. Ties (same time) go to the later-applied event, so replays give the same result."""
+fact. Between two facts of the same time the one that sorts higher by what it says wins
+(`precedence`), so events in any order, on one profile or on two that merge, give one result."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
@@ -21,8 +23,18 @@ class ConsentUpdate:
     granted: bool
 
 
-def _newer(current: Mapping[str, Any] | None, at: datetime) -> bool:
-    return current is None or datetime.fromisoformat(current["time"]) <= at
+def precedence(entry: Mapping[str, Any]) -> tuple[datetime, str]:
+    """A fact's place in last-writer-wins: its event time, then what it says (canonical JSON),
+    which orders two facts of the same time the same way whichever came first. Of a consent
+    given and withdrawn at the same time, the withdrawal wins: no is the safer answer."""
+    said = {k: v for k, v in entry.items() if k != "time"}
+    if "granted" in said:
+        said["granted"] = not said.pop("granted")  # sorts `true` (withdrawn) higher
+    return datetime.fromisoformat(entry["time"]), json.dumps(said, sort_keys=True, default=str)
+
+
+def _wins(candidate: Mapping[str, Any], current: Mapping[str, Any] | None) -> bool:
+    return current is None or precedence(candidate) >= precedence(current)
 
 
 def apply_traits(current: Traits, incoming: Mapping[str, Any], at: datetime) -> tuple[Traits, bool]:
@@ -31,11 +43,12 @@ def apply_traits(current: Traits, incoming: Mapping[str, Any], at: datetime) -> 
     changed = False
     for name, value in incoming.items():
         existing = result.get(name)
-        if _newer(existing, at):
+        candidate = {"value": value, "time": at.isoformat()}
+        if _wins(candidate, existing):
             # The time moves on even when the value is the same: it is what a later, older
             # event is compared with.
             changed = changed or existing is None or existing["value"] != value
-            result[name] = {"value": value, "time": at.isoformat()}
+            result[name] = candidate
     return result, changed
 
 
@@ -47,13 +60,10 @@ def apply_consents(
     for update in updates:
         key = f"{update.purpose}:{update.contact_channel}"
         existing = result.get(key)
-        if _newer(existing, at):
+        candidate = {"granted": update.granted, "time": at.isoformat(), "source_event_id": event_id}
+        if _wins(candidate, existing):
             changed = changed or existing is None or existing["granted"] != update.granted
-            result[key] = {
-                "granted": update.granted,
-                "time": at.isoformat(),
-                "source_event_id": event_id,
-            }
+            result[key] = candidate
     return result, changed
 
 
@@ -62,14 +72,12 @@ def trait_values(traits: Traits) -> dict[str, Any]:
 
 
 def merge_latest(survivor: dict[str, dict[str, Any]], merged: dict[str, dict[str, Any]]) -> bool:
-    """Fold a merged profile's traits or consents into the survivor's, entry by entry, the one
-    with the later event time winning (the survivor's on a tie); whether anything changed."""
+    """Fold a merged profile's traits or consents into the survivor's, entry by entry, by
+    `precedence`, as if one profile had seen both's events; whether anything changed."""
     changed = False
     for name, entry in merged.items():
         current = survivor.get(name)
-        if current is None or datetime.fromisoformat(current["time"]) < datetime.fromisoformat(
-            entry["time"]
-        ):
+        if current is None or precedence(entry) > precedence(current):
             survivor[name] = entry
             changed = True
     return changed
