@@ -34,7 +34,15 @@ def precedence(entry: Mapping[str, Any]) -> tuple[datetime, str]:
 
 
 def _wins(candidate: Mapping[str, Any], current: Mapping[str, Any] | None) -> bool:
-    return current is None or precedence(candidate) >= precedence(current)
+    if current is None:
+        return True
+    ours, theirs = (
+        datetime.fromisoformat(candidate["time"]),
+        datetime.fromisoformat(current["time"]),
+    )
+    if ours != theirs:  # the common case, without rendering either
+        return ours > theirs
+    return precedence(candidate) >= precedence(current)
 
 
 def apply_traits(current: Traits, incoming: Mapping[str, Any], at: datetime) -> tuple[Traits, bool]:
