@@ -683,6 +683,12 @@ async def test_erasure_forgets_the_person_tells_everyone_and_a_new_event_starts_
         link["id"],
     }
     assert exported.json()["profile"]["traits"] == {"first_name": "Eva"}
+    held = {p["profile_id"]: p for p in exported.json()["stored"]}
+    assert set(held) == set(exported.json()["profiles"]) == set(erased.json()["erased"])
+    (merged,) = [p for p in held.values() if p["merged_into"] == survivor]
+    # The merged profile's own state: the one touchpoint it had before the link.
+    assert merged["activity"]["channels"] in ({"web": 1}, {"phone": 1})
+    assert held[survivor]["traits"]["first_name"]["time"], "with each fact's time"
     assert forbidden.status_code == 403
     assert erased.status_code == 200, erased.text
     assert len(erased.json()["erased"]) == 2, "the survivor and the profile merged into it"

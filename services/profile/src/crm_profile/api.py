@@ -414,6 +414,9 @@ async def identity_history(request: Request, profile_id: str) -> Any:
 @router.get(
     "/profiles/{profile_id}/export",
     summary="Everything held about the person, for a subject access request",
+    description="The profile as the API shows it; every profile of the person (this one and "
+    "those merged into it) as stored, with the time of each fact; their touchpoints, merges "
+    "and refused links.",
     responses={
         200: {
             "content": {
@@ -421,6 +424,19 @@ async def identity_history(request: Request, profile_id: str) -> Any:
                     "example": {
                         "profile": EXAMPLE,
                         "profiles": ["5b0e5b4e-8f3a-4c1e-9d52-0f6f3b1a2c7d"],
+                        "stored": [
+                            {
+                                "profile_id": "5b0e5b4e-8f3a-4c1e-9d52-0f6f3b1a2c7d",
+                                "version": 7,
+                                "traits": {
+                                    "first_name": {
+                                        "value": "Ana",
+                                        "time": "2026-11-20T10:20:00+00:00",
+                                    }
+                                },
+                                "merged_into": None,
+                            }
+                        ],
                         "touchpoints": [{"specversion": "1.0", "id": "9f1c2d3e-web-0001"}],
                         "merges": [],
                         "conflicts": [],

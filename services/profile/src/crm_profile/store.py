@@ -403,8 +403,17 @@ async def export(conn: DbConnection | asyncpg.Pool, survivor: str) -> dict[str, 
         "ORDER BY event_time, source, event_id",
         members,
     )
+    # Each profile's row as stored, with every fact's time: a merged-away one keeps the state
+    # it had when merged (an address the survivor has since replaced, for one).
+    stored = await conn.fetch(
+        "SELECT profile_id, version, traits, consents, activity, contacts, memberships, "
+        "merged_into, created_at, updated_at, last_event_id FROM profiles "
+        "WHERE profile_id = ANY($1::text[]) ORDER BY created_at, profile_id",
+        members,
+    )
     return {
         "profiles": members,
+        "stored": [dict(r) for r in stored],
         "touchpoints": [r["event"] for r in touchpoints],
         "merges": [dict(r) for r in await merge_history(conn, survivor)],
         "conflicts": [dict(r) for r in await conflicts_of(conn, survivor)],
