@@ -202,10 +202,16 @@ class BatchResolution:
         self,
         event: TouchpointEnvelope[Any],
         resolved_json: Callable[[TouchpointEnvelope[Any], str], str],
-    ) -> str:
+        erased: frozenset[IdentifierKey] = frozenset(),
+    ) -> str | None:
         """Resolve one event and apply it; returns its profile id. `resolved_json(event,
-        profile_id)` gives the resolved event's JSON as it is published; it is stored so."""
-        keys = event.data.identities.pairs()
+        profile_id)` gives the resolved event's JSON as it is published; it is stored so.
+        `erased`: its identifiers erased since (`erasure.erased_since`), which resolution leaves
+        out; when none of the others belongs to a living profile, the event is about the erased
+        person and is left out too (None)."""
+        keys = [k for k in event.data.identities.pairs() if k not in erased]
+        if erased and not any(k in self._owner for k in keys):
+            return None
         owners = {k: self._owner[k] for k in keys if k in self._owner}
         known = {pid: self._drafts[pid].known() for pid in set(owners.values())}
         # A new profile is named after the event that makes it and dated by its time, so a

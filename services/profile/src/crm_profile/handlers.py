@@ -4,7 +4,7 @@ consumer's transaction."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -13,7 +13,7 @@ from aiokafka import ConsumerRecord
 
 from crm_profile import store
 from crm_profile.batch import BatchResolution
-from crm_profile.domain.erasure import forgotten
+from crm_profile.domain.erasure import erased_since
 from crm_profile.settings import ProfileSettings
 from crm_profile.snapshots import snapshot_of
 from crm_shared.consumer import ApplyBatch, Decode, Received, decode_touchpoint
@@ -53,7 +53,11 @@ def decode_arrival(identifier_kinds: Iterable[str]) -> Decode[Arrival]:
     return arrival
 
 
-def touchpoint_effects(runtime: Runtime) -> ApplyBatch[Arrival]:
+def touchpoint_effects(
+    runtime: Runtime, left_out: Callable[[TouchpointEnvelope[Any]], None] | None = None
+) -> ApplyBatch[Arrival]:
+    """`crm.touchpoints.v1`'s batch effects; `left_out` hears of each touchpoint of an erased
+    person the batch leaves out (the rebuild counts them)."""
     prefix = runtime.settings.topic_prefix
     source = f"crm-{runtime.settings.service_name}"
     settings = runtime.settings
@@ -74,12 +78,6 @@ def touchpoint_effects(runtime: Runtime) -> ApplyBatch[Arrival]:
         await store.lock_identifiers(conn, keys)
         # Read under those locks: an erasure of one of them has committed before, or waits.
         erased = await store.erased_among(conn, keys)
-        events: list[TouchpointEnvelope[Any]] = []
-        for arrival in arrivals:
-            if forgotten(arrival.event, arrival.written, erased):
-                log.info("touchpoint of an erased person left out", event_id=arrival.event.id)
-            else:
-                events.append(arrival.event)
         owners = await store.owners(conn, keys)
         profiles = await store.lock_owners(conn, owners.values())
 
@@ -94,8 +92,13 @@ def touchpoint_effects(runtime: Runtime) -> ApplyBatch[Arrival]:
             assert record.value is not None
             return record.value.decode()
 
-        for event in events:
-            batch.apply(event, publish_resolved)
+        for arrival in arrivals:
+            event = arrival.event
+            if batch.apply(event, publish_resolved, erased_since(event, arrival.written, erased)):
+                continue
+            log.info("touchpoint of an erased person left out", event_id=event.id)
+            if left_out is not None:
+                left_out(event)
         writes = batch.writes()
         if writes.moved:
             writes = batch.follow(await store.merged_into_any(conn, writes.moved), writes)

@@ -19,8 +19,9 @@ next change is then published above anything downstream has seen.
 The topic must still hold every touchpoint: its retention (retention.ms, retention.bytes) has
 to be unlimited, or at least longer than the history profiles should keep. It then also holds
 the touchpoints of people erased since: pass `--erasures-from` the live database, and records
-that carry an erased identifier and were written or happened before its erasure are skipped,
-as the live consumer skips them (and the erasure log is carried over); without it, erased people
+about them, written or dated before the erasure, are left out as the live consumer leaves them
+out (`crm_profile.domain.erasure.erased_since`; the erasure log is carried over); without it,
+erased people
 come back. Identity decisions
 that depend on the order of events on different partitions (which profile id survives a merge,
 which link a limit refuses) follow the order the rebuild reads; people, traits, consents and
@@ -43,7 +44,6 @@ from aiokafka.structs import ConsumerRecord
 from pydantic import ValidationError
 
 from crm_profile.app import migrations
-from crm_profile.domain.erasure import forgotten
 from crm_profile.handlers import Arrival, decode_arrival, touchpoint_effects
 from crm_profile.settings import ProfileSettings
 from crm_profile.store import erasure_log
@@ -98,7 +98,10 @@ async def rebuild(
                 "INSERT INTO erased_identifiers (identifier_hash, erased_at) VALUES ($1, $2)",
                 list(erasures.items()),
             )
-        apply = touchpoint_effects(Runtime(settings=settings, producer=producer))
+        left_out: list[str] = []  # this attempt's touchpoints of erased people
+        apply = touchpoint_effects(
+            Runtime(settings=settings, producer=producer), lambda event: left_out.append(event.id)
+        )
         report = Report()
         pending: list[Received[Arrival]] = []
         decode = decode_arrival(settings.identifier_kinds)
@@ -107,6 +110,7 @@ async def rebuild(
             """The pending events in one transaction, as the live consumer applies a batch
             (claimed under its name; what they would publish is dropped)."""
             for _ in range(CONTENDED_TRIES):
+                left_out.clear()
                 try:
                     async with pool.acquire() as conn, conn.transaction():
                         fresh = await claim(conn, CONSUMER, pending)
@@ -117,7 +121,8 @@ async def rebuild(
                     continue
             else:
                 raise RuntimeError("a batch kept meeting concurrent changes")
-            report.applied += len(fresh)
+            report.applied += len(fresh) - len(left_out)
+            report.forgotten += len(left_out)
             report.duplicates += len(pending) - len(fresh)
             pending.clear()
 
@@ -127,9 +132,6 @@ async def rebuild(
                 received = decode(record)  # what the live consumer would read
             except (ValidationError, Undecodable):
                 report.skipped += 1  # the live consumer dead-lettered it
-                continue
-            if forgotten(received.event.event, received.event.written, erasures):
-                report.forgotten += 1
                 continue
             pending.append(received)
             if len(pending) >= settings.consumer_batch_size:
