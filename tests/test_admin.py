@@ -41,7 +41,8 @@ async def test_migrate_applies_each_service_once_on_a_fresh_database_then_nothin
             "plumbing/0001_plumbing, profile_replica/0001_profile_replica, "
             "profile_replica/0002_merged_into, timers/0001_timers, "
             "loyalty/0001_init, loyalty/0002_ledger, loyalty/0003_redemptions, "
-            "loyalty/0004_merges, loyalty/0005_segments, loyalty/0006_erased_profiles",
+            "loyalty/0004_merges, loyalty/0005_segments, loyalty/0006_erased_profiles, "
+            "loyalty/0007_ledger_sources",
         ),
         (
             "notify",

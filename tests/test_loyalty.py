@@ -176,6 +176,24 @@ async def test_a_purchase_under_an_order_id_already_used_is_dead_lettered_with_t
     assert await check(loyalty_url) == 0
 
 
+async def test_two_store_systems_sending_the_same_event_id_both_earn(
+    endpoints: Endpoints, topic_prefix: str, loyalty_url: str
+) -> None:
+    north, south = f"p-north-{uuid.uuid4().hex[:6]}", f"p-south-{uuid.uuid4().hex[:6]}"
+    first = resolved("store.purchase", north, 1, order_id="north-1001", revenue=100)
+    second = resolved("store.purchase", south, 2, order_id="south-1001", revenue=40)
+    first["id"] = second["id"] = "1001"  # CloudEvents: unique per source, not across sources
+    first["source"], second["source"] = "pos-north", "pos-south"
+    service = build(service_settings(LoyaltySettings, endpoints, topic_prefix, loyalty_url))
+    async with running(service):
+        pool = service.app.state.runtime.db
+        await publish(endpoints, topic_prefix, [first, second])
+        await wait_until(lambda: handled(pool, 2), what="both purchases")
+        balances = dict(await pool.fetch("SELECT profile_id, balance FROM accounts"))
+    assert balances == {north: 150, south: 60}, "store purchases earn 1.5 a euro"
+    assert await check(loyalty_url) == 0
+
+
 async def test_the_check_command_finds_a_balance_that_drifted_from_its_ledger(
     endpoints: Endpoints, topic_prefix: str, loyalty_url: str, capsys: pytest.CaptureFixture[str]
 ) -> None:

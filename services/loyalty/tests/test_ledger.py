@@ -141,6 +141,19 @@ def test_a_second_order_under_a_used_order_id_is_refused_not_silently_ignored() 
     assert ledger.accounts["p-1"].balance == 50
 
 
+def test_two_systems_may_send_the_same_event_id_and_both_earn() -> None:
+    north = event("store.purchase", "1001", "p-1", revenue="100", order_id="north-1001")
+    south = event("store.purchase", "1001", "p-2", revenue="40", order_id="south-1001")
+    south = south.model_copy(update={"source": "pos-south"})
+    ledger = run([north, south])
+    assert {a.profile_id: a.balance for a in ledger.accounts.values()} == {"p-1": 150, "p-2": 60}
+    assert len({e.entry_id for e in ledger.entries}) == 2
+    assert {e.source_event_id for e in ledger.entries} == {"1001"}
+    # The same event from the same system again earns nothing more.
+    again = run([north, north])
+    assert len(again.entries) == 1
+
+
 def test_the_tier_rises_the_moment_the_threshold_is_crossed_and_multiplies_later_orders() -> None:
     ledger = run([order("e-1", "999", "o-1"), order("e-2", "1", "o-2"), order("e-3", "100", "o-3")])
     moves = [o for o in ledger.outcomes if isinstance(o, TierMoved)]

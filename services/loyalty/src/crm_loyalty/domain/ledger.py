@@ -23,7 +23,7 @@ from decimal import ROUND_DOWN, Decimal
 from typing import Any, Literal, TypeVar
 
 from crm_loyalty.program import PURCHASE_ACTIONS, Program
-from crm_shared.contracts import derived_event_id
+from crm_shared.contracts import dedupe_key, derived_event_id
 from crm_shared.errors import Refused
 
 QUANTUM = Decimal("0.0001")
@@ -314,7 +314,8 @@ class Ledger:
         self.changed_orders.add(order.order_id)
         if order.order_event_id is not None:
             # The points go back from the account the order earned for.
-            self._reverse(self.account(order.profile_id, event.time), order, event.id, event.time)
+            account = self.account(order.profile_id, event.time)
+            self._reverse(account, order, event.id, event.time, key=dedupe_key(event))
 
     def _bonuses(self, event: Any, action: str) -> None:
         tracked = getattr(event.data, "event", None) if action == "tracked" else None
@@ -563,9 +564,12 @@ class Ledger:
         at: datetime,
         expires_at: datetime | None = None,
         order_id: str | None = None,
+        key: str | None = None,
     ) -> Entry:
+        """A ledger entry, named by what caused it and the rule: `key`, the source and id of
+        the event (two senders may use the same id), else `source_event_id`."""
         entry = Entry(
-            entry_id(source_event_id, rule),
+            entry_id(key or source_event_id, rule),
             account.profile_id,
             source_event_id,
             rule,
@@ -595,7 +599,16 @@ class Ledger:
         expires_at = add_months(event.time, expiry.months) if expiry else None
         order_id = order.order_id if order is not None else None
         entry = self._entry(
-            account, event.id, rule, kind, points, qualifying, event.time, expires_at, order_id
+            account,
+            event.id,
+            rule,
+            kind,
+            points,
+            qualifying,
+            event.time,
+            expires_at,
+            order_id,
+            key=dedupe_key(event),
         )
         self._add_qualifying(account, event.time, qualifying)
         self._fill(account, entry.entry_id, points, event.time, expires_at, order_id)
@@ -654,8 +667,16 @@ class Ledger:
             key = (debit_id, credit_id)
             self.allocations[key] = self.allocations.get(key, 0) + points
 
-    def _reverse(self, account: Account, order: Order, source_event_id: str, at: datetime) -> None:
-        """Bring what the order's refunds took back up to their share of what it earned."""
+    def _reverse(
+        self,
+        account: Account,
+        order: Order,
+        source_event_id: str,
+        at: datetime,
+        key: str | None = None,
+    ) -> None:
+        """Bring what the order's refunds took back up to their share of what it earned (`key`:
+        the refund's source and id, which name its entry, when known)."""
         assert order.revenue is not None
         assert order.ordered_at is not None
         whole = order.refunded_all or order.refunded >= order.revenue or order.revenue == 0
@@ -689,6 +710,7 @@ class Ledger:
             -qualifying_back,
             at,
             order_id=order.order_id,
+            key=key,
         )
         # Qualifying comes off the month the order counted in, so the window forgets it.
         self._add_qualifying(account, order.ordered_at, -qualifying_back)
