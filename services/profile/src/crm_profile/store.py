@@ -245,7 +245,9 @@ async def timeline(
     type_: str | None,
 ) -> list[TimelineEntry]:
     """A profile's touchpoints in event-time order (then source and id, so the order is total),
-    from just after `after` (a keyset cursor: pages never skip or repeat under new arrivals)."""
+    from just after `after` (a keyset cursor: pages never repeat, and touchpoints arriving
+    meanwhile dated after the cursor still come; one dated before it, a late record or one a
+    merge brings in, shows only to a reading that starts again)."""
     rows = await conn.fetch(
         "SELECT event_time, source, event_id, type, channel, event FROM touchpoints "
         "WHERE profile_id = $1 "
