@@ -738,10 +738,9 @@ class Ledger:
             # A late event: the months since it counted may lift the account where the
             # window ending at the event's month did not.
             total_now = account.qualifying_over(tiers.window_months, self.now)
-            if self.program.rank(self.program.tier_for(total_now).name) > self.program.rank(
-                reached.name
-            ):
-                total, reached, at = total_now, self.program.tier_for(total_now), self.now
+            reached_now = self.program.tier_for(total_now)
+            if self.program.rank(reached_now.name) > self.program.rank(reached.name):
+                total, reached, at = total_now, reached_now, self.now
         if self.program.rank(reached.name) <= self.program.rank(account.tier):
             return
         self.outcomes.append(

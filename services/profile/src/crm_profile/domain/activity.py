@@ -3,8 +3,7 @@ each channel, their orders and revenue, their last contact each way; and the hea
 email address (a bounce makes it undeliverable, a complaint or an unsubscribe ends marketing to
 it) and phone number (a permanent SMS failure makes it undeliverable until an SMS comes from it,
 an SMS opt-out keyword ends marketing to it); a newer marketing consent for the address opens it
-again. Pure, stored as jsonb; every fact by event time,
-so a late event never undoes a newer one.
+again. Pure, stored as jsonb; every fact by event time, so a late event never undoes a newer one.
 """
 
 from __future__ import annotations
